@@ -1,0 +1,45 @@
+"""`gmpo <verb> ...`: a thin dispatcher. Each verb lives in ``gmpo/commands/<verb>.py`` with
+``add_arguments(parser)`` and ``run(args) -> int``; modules load only when their verb is used."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "train": ("gmpo.commands.train", "train a policy from a YAML recipe with key=value overrides"),
+    "eval": ("gmpo.commands.eval", "evaluate a model on math benchmarks (Pass@1, mean@K, pass@K)"),
+    "compare": ("gmpo.commands.compare", "run algorithms x seeds on one recipe and write a stability report"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per available verb."""
+    parser = argparse.ArgumentParser(prog="gmpo", description="RL post-training with GMPO and the GRPO family.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:  # verb not built in this version
+                continue
+            raise
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `gmpo` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
