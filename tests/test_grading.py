@@ -1,0 +1,226 @@
+"""Answer extraction, math-verify grading, hard timeouts and reward-hacking probes."""
+import json
+import threading
+import time
+
+import pytest
+
+from gmpo import grading
+from gmpo.grading import GradeResult, extract_answer, extract_boxed, grade, verify
+
+
+# ---------------------------------------------------------------- extraction
+
+@pytest.mark.parametrize("text,expected", [
+    (r"so $\boxed{5}$.", "5"),
+    (r"first \boxed{1} then \boxed{\frac{1}{2}}", r"\frac{1}{2}"),  # the LAST box
+    (r"\boxed{\left( 3, \frac{\pi}{2} \right)}", r"\left( 3, \frac{\pi}{2} \right)"),  # nested braces
+    (r"\boxed{\{1,2\}}", r"\{1,2\}"),  # escaped braces do not close the box
+    (r"\fbox{12}", "12"),
+    (r"or $\framebox{204}$ minutes", "204"),
+    (r"so the answer is $\boxed 7$.", "7"),
+    (r"\boxed{}", ""),
+    (r"\boxed{ }", ""),
+    (r"truncated \boxed{3", None),
+    ("no box here", None),
+    ("", None),
+])
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    (r"We find $x=2$, so \boxed{2}. The answer is 3.", "2"),  # box wins over phrases
+    ("The answer is $\\frac{1}{2}$.", r"\frac{1}{2}"),
+    ("Thus the answer is 3.5.", "3.5"),
+    ("Final Answer: The final answer is $9$. I hope it is correct.", "9"),
+    ("Janet makes 9 * 2 = $18.\n#### 18", "18"),
+    ("so #### 1,234", "1,234"),
+    ("**Answer:** 12", "12"),
+    ("The answer is 3. Wait, no: the answer is 4.", "4"),  # the last phrase
+    ("First 12 apples, then 1,500 pears and finally -3.25 kg", "-3.25"),  # last number
+    ("She pays 1,500 dollars", "1500"),
+    ("no numbers at all", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+# ---------------------------------------------------------------- verification
+
+@pytest.mark.parametrize("pred,gold,ok", [
+    ("18", "18", True),
+    ("18.0", "18", True),
+    ("1,000", "1000", True),
+    ("17", "18", False),
+    (r"\frac{1}{2}", "0.5", True),
+    (r"\dfrac12", r"\frac{1}{2}", True),
+    (r"\left(3, \frac{\pi}{2}\right)", r"\left( 3, \frac{\pi}{2} \right)", True),
+    (r"(3, \pi)", r"\left( 3, \frac{\pi}{2} \right)", False),
+    (r"2\sqrt{2}", r"\sqrt{8}", True),
+    ("x^2+2x+1", "(x+1)^2", True),
+    (r"\text{Evelyn}", r"\text{Evelyn}", True),
+    ("4, 3", "3, 4", True),  # sets compare as sets
+    ("27", 27.0, True),  # AMC float golds
+    ("27.0000001", 27.0, True),
+    ("26", 27.0, False),
+    (r"\frac{27}{1}", 27.0, True),
+    ("0.25", 0.25, True),
+    (r"\frac14", 0.25, True),
+    ("2", ["1", "2"], True),  # any-of list golds (OlympiadBench)
+    ("3", ["1", "2"], False),
+    ("2", [], False),
+    (None, "2", False),
+    ("", "2", False),
+    ("  ", "2", False),
+])
+def test_verify(pred, gold, ok):
+    assert verify(pred, gold) is ok
+
+
+def test_verify_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match="timeout"):
+        verify("1", "1", timeout=0)
+    with pytest.raises(ValueError, match="empty"):
+        verify("1", "  ")
+    with pytest.raises(TypeError, match="gold answer"):
+        verify("1", None)
+
+
+def test_grade_returns_prediction():
+    r = grade(r"Adding gives $\boxed{\frac{3}{4}}$.", "0.75")
+    assert r == GradeResult(correct=True, pred=r"\frac{3}{4}")
+    r = grade("I am not sure.", "0.75")
+    assert r == GradeResult(correct=False, pred=None)
+
+
+# ---------------------------------------------------------------- reward-hacking probes
+
+def test_probe_empty_box_is_wrong_and_does_not_fall_back():
+    # the box is the final-answer position; an empty one must not fall back to "the last number" (4)
+    assert grade(r"2 + 2 = 4, so \boxed{}", "4").correct is False
+    assert grade(r"2 + 2 = 4, so \boxed{}", "4").pred == ""
+
+
+@pytest.mark.parametrize("completion", [
+    r"\boxed{3, 4, 5}",
+    r"\boxed{3 \text{ or } 4}",
+    "the answer is 3 or 4",
+    r"the answer is $3, 4$",
+    r"\boxed{\{3, 4, 5\}}",
+])
+def test_probe_several_candidates_is_wrong(completion):
+    assert grade(completion, "4").correct is False
+
+
+def test_probe_answer_outside_final_position_is_graded_by_final_answer():
+    assert grade(r"Maybe \boxed{4}? No, recheck: \boxed{5}", "4").correct is False
+    assert grade("It could be 4. The answer is 5.", "4").correct is False
+    assert grade(r"I first thought 5 but the final answer is \boxed{4}", "4").correct is True
+
+
+def test_probe_restated_question_is_wrong(shared_data):
+    """Echoing the question (no answer given) must not be graded correct on real problems."""
+    hits = 0
+    n = 0
+    with open(shared_data / "gsm8k_test.jsonl") as f:
+        for line in list(f)[:100]:
+            row = json.loads(line)
+            gold = row["answer"].split("####")[-1].strip()
+            hits += grade(row["question"], gold, question=row["question"]).correct
+            n += 1
+    with open(shared_data / "math500.jsonl") as f:
+        for line in list(f)[:100]:
+            row = json.loads(line)
+            hits += grade(row["problem"], row["answer"], question=row["problem"]).correct
+            n += 1
+    assert n == 200
+    # without question= the last-number fallback takes 7 of these 200 for an answer (measured)
+    assert hits == 0, f"{hits} restated questions graded correct"
+
+
+# ---------------------------------------------------------------- timeouts and threads
+
+def test_pathological_input_times_out_as_wrong_from_a_thread():
+    result = []
+    t0 = time.monotonic()
+    th = threading.Thread(target=lambda: result.append(verify("9^{9^{9^{9}}}", "5", timeout=0.5)))
+    th.start()
+    th.join(timeout=30)
+    assert result == [False]
+    assert time.monotonic() - t0 < 10  # bounded by the deadline (+ worker start-up), not sympy
+    assert verify(r"\sqrt{4}", "2")  # the grader still works afterwards
+
+
+def test_worker_that_blocks_is_abandoned_by_the_caller():
+    """The caller's own deadline: a worker told to allow 30 s is given up on after 0.3 s."""
+    w = grading._Worker()
+    try:
+        t0 = time.monotonic()
+        assert w.request("9^{9^{9^{9}}}", "5", timeout=30.0, wait=0.3) is None
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        w.close()
+    assert w.proc.poll() is not None  # killed
+
+
+def test_concurrent_threads_agree_with_serial():
+    cases = [(r"\frac{%d}{4}" % i, "%g" % (i / 4)) for i in range(12)] + [("7", r"\frac{14}{3}")]
+    expected = [verify(p, g) for p, g in cases]
+    got = [None] * len(cases)
+
+    def work(i):
+        got[i] = verify(*cases[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    assert got == expected == [True] * 12 + [False]
+
+
+def test_per_call_cost_is_small():
+    verify(r"\frac{1}{3}", r"\frac{2}{6}")  # warm the worker
+    t0 = time.perf_counter()
+    for i in range(20):
+        assert verify(r"\frac{%d}{3}" % (i + 1), r"\frac{%d}{6}" % (2 * i + 2))
+    per_call = (time.perf_counter() - t0) / 20
+    assert per_call < 0.1, per_call  # ~4 ms measured on an idle 2-core CPU
+    t0 = time.perf_counter()
+    for i in range(200):
+        verify(str(i), str(i + 1))  # plain numbers never leave the process
+    assert (time.perf_counter() - t0) / 200 < 1e-3
+
+
+# ---------------------------------------------------------------- real data
+
+def _box_of_solution(s):
+    return extract_boxed(s)
+
+
+def test_math500_reference_solutions_grade_correct(shared_data):
+    with open(shared_data / "math500.jsonl") as f:
+        rows = [json.loads(line) for line in list(f)[:40]]
+    ok = sum(grade(r["solution"], r["answer"]).correct for r in rows)
+    assert ok >= 39, ok
+
+
+def test_amc_float_golds(shared_data):
+    with open(shared_data / "amc23.jsonl") as f:
+        rows = [json.loads(line) for line in f][:10]
+    for r in rows:
+        assert isinstance(r["answer"], float)
+        assert grade(rf"so \boxed{{{int(r['answer'])}}}", r["answer"]).correct
+        assert not grade(rf"so \boxed{{{int(r['answer']) + 1}}}", r["answer"]).correct
+
+
+def test_strip_question_echo_keeps_own_work():
+    q = "Wendi has 20 chickens and feeds each 3 cups. How many cups does she need for 20 chickens?"
+    c = q + "\nEach chicken gets 3 cups, so 3 * 20 = 60.\nThe answer is 60\nDone."
+    assert grade(c, "60", question=q) == GradeResult(True, "60")
+    # echoing the question only: without the question the last number (20) would be taken
+    assert grade("Restating: " + q, "20").correct is True
+    r = grade("Restating: " + q, "20", question=q)
+    assert r.correct is False and r.pred is None
+    assert grading.strip_question_echo("short 20", q) == "short 20"
