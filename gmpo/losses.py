@@ -197,7 +197,7 @@ def gmpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
     if beta != 0.0:
         kl_tok = _token_kl(logp, ref_logp, valid, kl_estimator)  # (B, T)
         seq = seq + beta * _safe_div(masked_sum(kl_tok, mask, -1), _seq_lengths(mask).to(l.dtype))
-    total, count = _reduce_seqs(seq, mask)  # 1/G sum_i
+    total, count = _reduce_seqs(seq, mask)  # Eq. 3: 1/G sum_i (mean over sequences)
     metrics = _ratio_metrics(l, valid, R, clip_low & (A < 0), clip_high & (A > 0))
     return _finish(total, count, metrics, kl_tok, valid)
 
@@ -206,8 +206,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
               eps_low: float = 0.2, eps_high: float = 0.2, reduction: str = "seq-mean-token-mean",
               norm_len: int | float | None = None, ref_logp: torch.Tensor | None = None,
               beta: float = 0.0, kl_estimator: str = "k3") -> LossOutput:
-    """GRPO-family token-level PPO-clip objective (GRPO, arXiv 2402.03300 Eq. 3; DAPO 2503.14476 Eq. 8;
-    Dr. GRPO 2503.20783).
+    """GRPO-family token-level PPO-clip objective (GRPO: arXiv 2402.03300 Eq. 3; DAPO: 2503.14476
+    Sec. 3.1-3.3; Dr. GRPO: 2503.20783 Sec. 3).
 
     loss_t = -min(rho_t A_i, clip(rho_t, 1 - eps_low, 1 + eps_high) A_i) + beta * KL_t, reduced by
     `reduction`: seq-mean-token-mean (GRPO: mean over sequences of each sequence's token mean),
@@ -240,7 +240,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
 def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
               eps_low: float = 3e-4, eps_high: float = 4e-4, ref_logp: torch.Tensor | None = None,
               beta: float = 0.0, kl_estimator: str = "k3") -> LossOutput:
-    """Group Sequence Policy Optimization (arXiv 2507.18071, Eq. 5-7); reduction: mean over sequences.
+    """Group Sequence Policy Optimization (arXiv 2507.18071, Sec. 4.1); reduction: mean over sequences.
 
     s_i = exp(mean_t l_t) (no per-token clip), loss_i = -min(s_i A_i, clip(s_i, 1 - eps_low,
     1 + eps_high) A_i): the clip acts after averaging, on the whole sequence, with a tiny eps.
@@ -250,16 +250,16 @@ def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
     valid = _valid(mask)  # (B, T)
     l = _log_ratio(logp, old_logp, valid)  # (B, T)
     A = advantages.detach().to(l.dtype)  # (B,)
-    s = torch.exp(_safe_div(masked_sum(l, mask, -1), _seq_lengths(mask).to(l.dtype)))  # (B,) Eq. 7
+    s = torch.exp(_safe_div(masked_sum(l, mask, -1), _seq_lengths(mask).to(l.dtype)))  # (B,) GSPO s_i = (pi/pi_old)^(1/|o_i|)
     clip_high = (A > 0) & (s > 1.0 + eps_high)  # (B,)
     clip_low = (A < 0) & (s < 1.0 - eps_low)  # (B,)
     s_clip = torch.where(clip_high, 1.0 + eps_high, torch.where(clip_low, 1.0 - eps_low, s))  # (B,)
-    seq = -A * s_clip  # (B,) Eq. 5: -min(s_i A_i, clip(s_i, 1-eps, 1+eps) A_i)
+    seq = -A * s_clip  # (B,) GSPO J: -min(s_i A_i, clip(s_i, 1-eps, 1+eps) A_i)
     kl_tok = None
     if beta != 0.0:
         kl_tok = _token_kl(logp, ref_logp, valid, kl_estimator)  # (B, T)
         seq = seq + beta * _safe_div(masked_sum(kl_tok, mask, -1), _seq_lengths(mask).to(l.dtype))
-    total, count = _reduce_seqs(seq, mask)  # Eq. 5: 1/G sum_i
+    total, count = _reduce_seqs(seq, mask)  # GSPO J: 1/G sum_i
     B, T = l.shape
     metrics = _ratio_metrics(l, valid, s, clip_low[:, None].expand(B, T), clip_high[:, None].expand(B, T))
     return _finish(total, count, metrics, kl_tok, valid)
