@@ -167,6 +167,35 @@ class EvalConfig:
 
 
 @dataclass
+class GuardConfig:
+    enabled: bool = True  # run the training guard: detectors below act on each step; events go to <output_dir>/alerts.jsonl
+    nonfinite_action: str = "skip"  # NaN/Inf in loss or gradients: off | warn | skip | rollback | stop
+    grad_spike_action: str = "warn"  # gradient-norm spike: off | warn | skip | rollback | stop
+    grad_spike_z: float = 10.0  # robust z-score (x - median) / (1.4826 * MAD) above which a gradient norm is a spike
+    grad_spike_window: int = 50  # past gradient norms the running median and MAD are taken over
+    ratio_action: str = "warn"  # token-ratio explosion: off | warn | skip | rollback | stop
+    ratio_bound: float = 100.0  # explosion when ratio/token_max > bound or ratio/token_min < 1/bound
+    entropy_action: str = "warn"  # entropy collapse: off | warn | skip | rollback | stop (seen after the update: skip warns)
+    entropy_floor: float = 0.01  # collapse when policy/entropy (nats per token) falls below this
+    reward_action: str = "warn"  # reward collapse: off | warn | skip | rollback | stop (seen after the update: skip warns)
+    reward_drop: float = 0.3  # collapse when the smoothed reward/mean falls this far below its best in the window
+    reward_window: int = 50  # steps the running best reward is taken over
+    reward_smooth: int = 5  # steps averaged into the smoothed reward
+    length_action: str = "warn"  # completion-length blow-up: off | warn | skip | rollback | stop (skip acts only if the trainer passes rollout/* to before_optimizer_step)
+    length_factor: float = 4.0  # blow-up when rollout/len_mean > factor x its running median
+    length_window: int = 50  # steps the running median completion length is taken over
+    truncated_max: float = 0.95  # blow-up when rollout/truncated_frac exceeds this (1.0 = never)
+    no_signal_action: str = "warn"  # no learning signal (reward/frac_zero_std == 1, every group all-equal): off | warn | skip | rollback | stop
+    min_history: int = 10  # steps (optimizer steps for gradient spikes) a windowed detector needs before it can fire
+    snapshot_every: int = 10  # keep an in-memory snapshot of the last good state every N healthy steps (0 = roll back to the last checkpoint on disk)
+    rollback_lr_factor: float = 0.5  # multiply the learning rate by this after each rollback
+    max_rollbacks: int = 3  # a rollback beyond this many stops the run (with a checkpoint) instead
+    webhook_url: str = ""  # POST every event as JSON to this URL ('' = off)
+    webhook_timeout: float = 3.0  # seconds per webhook attempt (one retry at most; failures are logged, never fatal)
+    webhook_min_interval: float = 30.0  # seconds between webhook posts; events in between are counted in the next post
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -177,6 +206,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)  # training guard: stability detectors and their actions
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,6 +371,13 @@ _CHOICES = {
     "train.bf16": ("auto", "true", "false"),
     "train.recompute_old_logp": ("auto", "always", "never"),
     "train.reward_errors": ("raise", "zero"),
+    "guard.nonfinite_action": ("off", "warn", "skip", "rollback", "stop"),
+    "guard.grad_spike_action": ("off", "warn", "skip", "rollback", "stop"),
+    "guard.ratio_action": ("off", "warn", "skip", "rollback", "stop"),
+    "guard.entropy_action": ("off", "warn", "skip", "rollback", "stop"),
+    "guard.reward_action": ("off", "warn", "skip", "rollback", "stop"),
+    "guard.length_action": ("off", "warn", "skip", "rollback", "stop"),
+    "guard.no_signal_action": ("off", "warn", "skip", "rollback", "stop"),
 }
 
 
