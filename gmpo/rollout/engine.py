@@ -1,0 +1,336 @@
+"""gmpo's rollout engine: a batched KV-cache sampler for any Hugging Face causal LM.
+
+How one ``generate`` call runs (P prompts x n samples = N rows, laid out group-major):
+
+1. Rows are cut into chunks of at most ``decode_batch_size`` (prompts sorted by length first, so a
+   chunk's left padding stays small).
+2. Prefill: each *distinct* prompt of a chunk runs through the model once (left-padded batch with an
+   attention mask and explicit position ids); its KV cache is then copied to the group's rows
+   (prefix sharing: the prompt costs one forward, not n).
+3. Decode: one token per step for every active row, using the model's own forward with a
+   ``DynamicCache``. Rows that emit EOS or complete a stop string leave the batch (cache, mask and
+   state rows are selected away), so late steps run on the rows still going.
+
+Sampling is reproducible and independent of how rows are batched: every row draws its uniforms from
+one (N, max_new_tokens) table filled by a private ``torch.Generator`` seeded from ``params.seed``, and
+picks its token by inverse-CDF lookup. So prefix sharing, the chunk size and rows leaving change no
+sample (up to float rounding of the logits).
+
+The returned log-probs are ``log_softmax(logits / temperature)`` at the sampled token (temperature 1
+when greedy), before top-k/top-p filtering: the quantity the training forward computes.
+"""
+from __future__ import annotations
+
+import inspect
+from contextlib import nullcontext
+
+import torch
+
+from gmpo.rollout.base import Rollout, SamplingParams
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers shared by every in-process backend (the HF reference backend imports them too).
+# ----------------------------------------------------------------------------------------------------
+
+
+def validate_request(prompts: list[list[int]], params: SamplingParams, model) -> None:
+    """Raise ``ValueError`` with a clear message for a malformed request."""
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError("generate() needs at least one prompt; got an empty prompt list")
+    if not isinstance(params.n, int) or params.n < 1:
+        raise ValueError(f"SamplingParams.n must be an integer >= 1, got {params.n!r}")
+    if not isinstance(params.max_new_tokens, int) or params.max_new_tokens < 1:
+        raise ValueError(f"SamplingParams.max_new_tokens must be an integer >= 1, got {params.max_new_tokens!r}")
+    if params.temperature < 0:
+        raise ValueError(f"SamplingParams.temperature must be >= 0 (0 = greedy), got {params.temperature}")
+    if not 0.0 < params.top_p <= 1.0:
+        raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {params.top_p}")
+    if not isinstance(params.top_k, int) or params.top_k < 0:
+        raise ValueError(f"SamplingParams.top_k must be an integer >= 0 (0 = off), got {params.top_k!r}")
+    if isinstance(params.stop, str) or any(not isinstance(s, str) or s == "" for s in params.stop):
+        raise ValueError(f"SamplingParams.stop must be a list of non-empty strings, got {params.stop!r}")
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    max_pos = getattr(config, "max_position_embeddings", None)
+    vocab = getattr(config, "vocab_size", None)
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+        if max_pos is not None and len(p) + params.max_new_tokens > max_pos:
+            raise ValueError(
+                f"prompt {i} has {len(p)} tokens; with max_new_tokens={params.max_new_tokens} that is "
+                f"{len(p) + params.max_new_tokens} positions, beyond the model's max_position_embeddings={max_pos}"
+            )
+        if vocab is not None and (min(p) < 0 or max(p) >= vocab):
+            raise ValueError(f"prompt {i} has a token id outside the vocabulary [0, {vocab})")
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """All ids that end a completion: ``tokenizer.eos_token_id`` plus ``generation_config.eos_token_id``."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if extra is not None:
+        ids.update(int(e) for e in ([extra] if isinstance(extra, int) else extra))
+    return sorted(ids)
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id used to right-pad completions (pad, else EOS, else 0)."""
+    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return int(tid)
+    return 0
+
+
+class StopChecker:
+    """Detects stop strings on the decoded *tail* of each row, so a step costs O(rows x window), not
+    O(rows x length): only the last ``window`` tokens are decoded (enough to hold the longest stop
+    string, since a token decodes to at least one character, plus slack for tokens that decode to
+    nothing or merge on decode)."""
+
+    def __init__(self, tokenizer, stops: list[str]):
+        self.tokenizer = tokenizer
+        self.stops = list(stops)
+        self.window = max((len(s) for s in self.stops), default=0) + 4
+
+    def __bool__(self) -> bool:
+        return bool(self.stops)
+
+    def hits(self, tails: list[list[int]]) -> list[bool]:
+        """For each row's recent token ids, whether its decoded tail contains a stop string."""
+        texts = self.tokenizer.batch_decode([t[-self.window :] for t in tails], skip_special_tokens=True)
+        return [any(s in text for s in self.stops) for text in texts]
+
+    def cut(self, text: str) -> tuple[str, bool]:
+        """Cut ``text`` right after its earliest stop string; return (text, whether one was found)."""
+        ends = [text.find(s) + len(s) for s in self.stops if s in text]
+        if not ends:
+            return text, False
+        return text[: min(ends)], True
+
+
+def finalize(
+    prompts: list[list[int]],
+    n: int,
+    tokens: torch.Tensor,
+    logprobs: torch.Tensor,
+    lengths: torch.Tensor,
+    ended: torch.Tensor,
+    tokenizer,
+    stop: StopChecker,
+) -> Rollout:
+    """Assemble a :class:`Rollout` from (N, T) token/log-prob buffers and per-row lengths.
+
+    ``ended`` (N,) bool marks rows that stopped on EOS or a stop string; every other row hit the cap.
+    Columns past the longest completion are dropped; padding gets ``pad_token_id`` and log-prob 0.
+    """
+    width = max(int(lengths.max()), 1)
+    tokens, logprobs = tokens[:, :width].cpu(), logprobs[:, :width].float().cpu()  # (N, T)
+    lengths = lengths.cpu()
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).float()  # (N, T)
+    tokens = torch.where(mask.bool(), tokens, torch.full_like(tokens, pad_token_id(tokenizer)))
+    logprobs = logprobs * mask
+    texts = tokenizer.batch_decode([row[:l] for row, l in zip(tokens.tolist(), lengths.tolist())], skip_special_tokens=True)
+    if stop:
+        texts = [stop.cut(t)[0] for t in texts]
+    return Rollout(
+        prompt_ids=[list(map(int, p)) for p in prompts],
+        completion_ids=tokens,
+        completion_mask=mask,
+        logprobs=logprobs,
+        truncated=~ended.cpu(),
+        texts=texts,
+        n=n,
+    )
+
+
+def sample_from_logits(
+    logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row and return (tokens (R,) long, log-probs (R,) float32).
+
+    ``logits`` (R, V); ``u`` (R,) uniforms in [0, 1) that decide the draw (ignored when greedy).
+    The log-prob is ``log_softmax(logits / temperature)`` at the token (temperature 1 when greedy),
+    i.e. before filtering. Sampling: temperature, then top-k, then top-p on the renormalised top-k
+    mass (the order HF uses), then an inverse-CDF lookup of ``u`` in the kept probabilities.
+    Cost: a few passes over (R, V); a sort of (R, V) only when top-p is on without top-k.
+    """
+    logits = logits.float()
+    greedy = temperature == 0
+    logp_all = torch.log_softmax(logits if greedy else logits / temperature, dim=-1)  # (R, V)
+    if greedy:
+        tok = logits.argmax(-1)  # (R,)
+        return tok, logp_all.gather(-1, tok[:, None]).squeeze(-1)
+    probs = logp_all.exp()  # (R, V)
+    ids = None  # candidate ids when probs is a (sorted) subset of the vocabulary
+    vocab = probs.shape[-1]
+    if 0 < top_k < vocab:
+        probs, ids = probs.topk(top_k, dim=-1)  # (R, k), sorted descending
+    elif top_p < 1.0:
+        probs, ids = probs.sort(dim=-1, descending=True)  # (R, V)
+    if top_p < 1.0:
+        probs = probs / probs.sum(-1, keepdim=True)
+        before = probs.cumsum(-1) - probs  # mass of the strictly more likely candidates
+        probs = probs * (before < top_p)  # keep the smallest prefix with mass >= top_p (>= 1 token)
+    cdf = probs.cumsum(-1)  # (R, K); constant over filtered (zero) entries
+    total = cdf[:, -1:]
+    # v < total strictly, so the first index with cdf > v always has positive probability.
+    v = torch.minimum(u[:, None].to(cdf) * total, torch.nextafter(total, torch.zeros_like(total)))
+    j = torch.searchsorted(cdf, v, right=True).clamp_(max=cdf.shape[-1] - 1)  # (R, 1)
+    tok = (ids.gather(-1, j) if ids is not None else j).squeeze(-1)
+    return tok, logp_all.gather(-1, tok[:, None]).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The engine
+# ----------------------------------------------------------------------------------------------------
+
+
+class KVCacheEngine:
+    """Batched KV-cache sampler with prompt-prefix sharing (see the module docstring).
+
+    Args:
+        model: any HF causal LM (its forward must accept ``past_key_values`` / ``position_ids``).
+        tokenizer: its tokenizer (EOS, padding, decoding for stop strings and texts).
+        bf16: run the forward under ``torch.autocast(bfloat16)``, as the trainer's forward does.
+        decode_batch_size: most rows decoded at once (bounds the KV cache's memory).
+        share_prefix: prefill each prompt once and copy its cache to its n rows (False: prefill
+            every row; only useful to test that sharing changes nothing).
+    """
+
+    def __init__(self, model, tokenizer, *, bf16: bool = False, decode_batch_size: int = 256, share_prefix: bool = True):
+        if decode_batch_size < 1:
+            raise ValueError(f"decode_batch_size must be >= 1, got {decode_batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.bf16 = bf16
+        self.decode_batch_size = decode_batch_size
+        self.share_prefix = share_prefix
+        self._eos = eos_token_ids(model, tokenizer)
+        self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """No-op: the engine decodes with the policy module itself."""
+
+    # -- public API ------------------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> Rollout:
+        """Sample ``params.n`` completions per prompt; rows are group-major (prompt i, sample j -> i*n+j)."""
+        validate_request(prompts, params, self.model)
+        P, n, T = len(prompts), params.n, params.max_new_tokens
+        N = P * n
+        device = next(self.model.parameters()).device
+        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
+        uniforms = torch.rand((N, T), generator=gen)  # (N, T): row r's draw at step t, whatever the batching
+        tokens = torch.full((N, T), pad_token_id(self.tokenizer), dtype=torch.long)  # (N, T) filled per step
+        logprobs = torch.zeros((N, T), dtype=torch.float32)  # (N, T)
+        lengths = torch.zeros(N, dtype=torch.long)  # (N,)
+        ended = torch.zeros(N, dtype=torch.bool)  # (N,) stopped on EOS / stop string
+        stop = StopChecker(self.tokenizer, params.stop)
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for rows in self._chunks(prompts, n):
+                    self._run_chunk(prompts, n, rows, params, uniforms, tokens, logprobs, lengths, ended, stop, device)
+        finally:
+            self.model.train(was_training)
+        return finalize(prompts, n, tokens, logprobs, lengths, ended, self.tokenizer, stop)
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    def _chunks(self, prompts: list[list[int]], n: int) -> list[list[int]]:
+        """Global row ids cut into chunks of <= decode_batch_size, prompts ordered by length
+        (stable), so each chunk pads to similar lengths. A group may straddle two chunks."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        rows = [i * n + j for i in order for j in range(n)]
+        b = self.decode_batch_size
+        return [rows[s : s + b] for s in range(0, len(rows), b)]
+
+    def _autocast(self, device: torch.device):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def _forward(self, device, **inputs):
+        """One model forward (under bf16 autocast if asked); returns (last-position logits (B, V), cache)."""
+        if self._keep_arg:
+            inputs["logits_to_keep"] = 1  # prefill: skip the lm_head for every position but the last
+        with self._autocast(device):
+            out = self.model(use_cache=True, **inputs)
+        return out.logits[:, -1, :], out.past_key_values
+
+    def _prefill(self, seqs: list[list[int]], device):
+        """Left-padded forward over ``seqs``; returns (logits (B, V), cache, attention mask (B, L),
+        next positions (B,))."""
+        from transformers import DynamicCache
+
+        L = max(len(s) for s in seqs)
+        pad = pad_token_id(self.tokenizer)
+        ids = torch.tensor([[pad] * (L - len(s)) + list(s) for s in seqs], dtype=torch.long, device=device)  # (B, L)
+        attn = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs], dtype=torch.long, device=device)
+        pos = (attn.cumsum(-1) - 1).clamp_(min=0)  # (B, L): real tokens at 0..len-1 after the left padding
+        # Cost: one forward over B x L tokens (the lm_head only at the last position).
+        logits, cache = self._forward(
+            device, input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=DynamicCache()
+        )
+        return logits, cache, attn, attn.sum(-1)
+
+    def _run_chunk(self, prompts, n, rows, params, uniforms, tokens, logprobs, lengths, ended, stop, device):
+        """Prefill and decode one chunk of global rows, writing into the (N, T) output buffers."""
+        T = params.max_new_tokens
+        pidx = [r // n for r in rows]  # prompt of each row
+        if self.share_prefix:
+            distinct = list(dict.fromkeys(pidx))  # each prompt prefilled once
+            slot = {p: k for k, p in enumerate(distinct)}
+            logits, cache, attn, pos = self._prefill([prompts[p] for p in distinct], device)
+            expand = torch.tensor([slot[p] for p in pidx], device=device)  # (R,) row -> its prompt's slot
+            # Prefix sharing: copy each prompt's cache to its rows. Cost: one gather of R x L cache entries.
+            cache.batch_select_indices(expand)
+            logits, attn, pos = logits[expand], attn[expand], pos[expand]
+        else:
+            logits, cache, attn, pos = self._prefill([prompts[p] for p in pidx], device)
+
+        active = torch.tensor(rows)  # (R,) global row of each live batch row (host)
+        u_chunk = uniforms[active]  # (R, T)
+        eos = torch.tensor(self._eos, dtype=torch.long, device=device)
+        history: list[list[int]] = [[] for _ in rows] if stop else []  # per live row, for stop strings
+        ones = torch.ones((len(rows), 1), dtype=attn.dtype, device=device)
+        for t in range(T):
+            tok, lp = sample_from_logits(
+                logits, u_chunk[:, t].to(device), params.temperature, params.top_k, params.top_p
+            )  # (R,), (R,)
+            tokens[active, t] = tok.cpu()
+            logprobs[active, t] = lp.float().cpu()
+            done = torch.isin(tok, eos).cpu() if len(self._eos) else torch.zeros(len(active), dtype=torch.bool)
+            if stop:
+                for h, tid in zip(history, tok.tolist()):
+                    h.append(tid)
+                done |= torch.tensor(stop.hits(history))
+            if t == T - 1:
+                lengths[active] = T
+                ended[active] = done
+                break
+            if done.any():  # finished rows leave the batch: later steps run on the rest only
+                finished = active[done]
+                lengths[finished] = t + 1
+                ended[finished] = True
+                keep = (~done).nonzero().squeeze(-1)  # (R',) host
+                if keep.numel() == 0:
+                    break
+                keep_dev = keep.to(device)
+                # Cost: a gather over every layer's cache (the same order as one step's cache append).
+                cache.batch_select_indices(keep_dev)
+                attn, pos, tok, ones = attn[keep_dev], pos[keep_dev], tok[keep_dev], ones[keep_dev]
+                active, u_chunk = active[keep], u_chunk[keep]
+                if stop:
+                    history = [history[i] for i in keep.tolist()]
+            attn = torch.cat([attn, ones], dim=-1)  # (R, L + t + 1)
+            logits, cache = self._forward(
+                device, input_ids=tok[:, None], attention_mask=attn, position_ids=pos[:, None], past_key_values=cache
+            )
+            pos = pos + 1
