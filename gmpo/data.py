@@ -1,0 +1,557 @@
+"""Training and held-out prompts: loading, field mapping, the built-in arithmetic task, batching.
+
+Sources (``data.dataset`` / ``data.eval_dataset``):
+
+- ``arithmetic``: the built-in synthetic task (:func:`arithmetic_splits`).
+- a local file: ``.jsonl``, ``.json`` (a list of records, ``{"<key>": [records]}``, or JSON lines),
+  ``.parquet``, ``.csv``, ``.arrow`` (a Hugging Face ``save_to_disk`` shard), or a directory written by
+  ``save_to_disk`` (or any directory ``datasets.load_dataset`` understands).
+- anything else: a Hugging Face hub dataset name, loaded with ``datasets.load_dataset(name, subset, split)``.
+
+Splits accept the ``datasets`` slice syntax (``train[:100]``, ``test[10%:]``); for a single local file the
+split *name* is ignored and only the slice applies. The question column (``prompt_field``) becomes
+``prompt`` and the gold column (``answer_field``, dotted paths such as ``reward_model.ground_truth`` reach
+into struct columns) becomes ``answer``; every other column is kept and reaches reward functions as a
+keyword argument. A column already named ``prompt``/``answer`` that is not the mapped field is kept as
+``source_prompt``/``source_answer``.
+
+A malformed row raises :class:`DataError` naming the file, the row (``line N`` for JSON lines, else
+``row N``, both 1-based) and the field.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gmpo.templates import render_prompt
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
+ARITHMETIC = "arithmetic"
+ARITHMETIC_OPS = ("+", "-", "*")
+
+
+class DataError(ValueError):
+    """A data source or row is malformed; the message names the file, the row and the field."""
+
+
+# ----------------------------------------------------------------------------------------------
+# loading raw sources
+
+def _split_parts(split: str) -> tuple[str, str]:
+    """'train[:100]' -> ('train', '[:100]'); 'test' -> ('test', '')."""
+    m = re.fullmatch(r"\s*([^\[\]]*?)\s*(\[[^\[\]]*\])?\s*", split or "")
+    if not m:
+        raise DataError(f"cannot parse split {split!r}: expected a name with an optional slice, e.g. 'train[:100]'")
+    return m.group(1), m.group(2) or ""
+
+
+def _apply_slice(n: int, split: str) -> range:
+    """Rows of a single-file source selected by the slice part of ``split`` (all rows without one)."""
+    _, sl = _split_parts(split)
+    if not sl:
+        return range(n)
+    from datasets import ReadInstruction
+
+    try:
+        (inst,) = ReadInstruction.from_spec("all" + sl).to_absolute({"all": n})
+    except Exception as e:  # datasets raises ValueError/AssertionError with a terse message
+        raise DataError(f"cannot apply split slice {sl!r} to {n} rows: {e}") from None
+    return range(inst.from_, inst.to)
+
+
+def _check_record(rec: Any, where: str) -> dict:
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}: {str(rec)[:80]!r}")
+    return rec
+
+
+def _records_to_dataset(records: list[dict], rows: list[int], path: Path, row_word: str, fields: tuple[str, str]):
+    """Build a Dataset from records with the union of their keys (missing keys become null).
+
+    The question/gold ``fields`` are checked per record first, so a bad value gets its own message
+    rather than pyarrow's complaint about a column that mixes types.
+    """
+    from datasets import Dataset
+
+    pf, af = fields
+    for rec, row in zip(records, rows):
+        at = f"{path}: {row_word} {row}"
+        for f in fields:
+            if f not in rec and "." not in f:
+                raise DataError(f"{at}: field '{f}' is missing (fields present: {', '.join(rec) or 'none'})")
+        if pf in rec:
+            _check_prompt(rec[pf], pf, at)
+        if af in rec:
+            _check_answer(rec[af], af, at)
+    keys: dict[str, None] = {}
+    for r in records:
+        keys.update(dict.fromkeys(r))
+    columns = {k: [r.get(k) for r in records] for k in keys}
+    try:
+        ds = Dataset.from_dict(columns)
+    except Exception as e:  # pyarrow: a column mixing types (e.g. numbers and strings)
+        bad = ""
+        for k, vals in columns.items():
+            kinds = {type(v).__name__ for v in vals if v is not None}
+            if len(kinds) > 1:
+                first = next(i for i, v in enumerate(vals) if v is not None and type(v).__name__ != type(vals[0]).__name__)
+                bad = f" column '{k}' mixes {', '.join(sorted(kinds))} (first different value at {row_word} {rows[first]});"
+                break
+        raise DataError(f"{path}:{bad} cannot build a table: {e}") from None
+    return ds
+
+
+def _read_jsonl(path: Path, text: str, fields: tuple[str, str]):
+    records, rows = [], []
+    for ln, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {ln}: not valid JSON ({e.msg} at column {e.colno})") from None
+        records.append(_check_record(rec, f"{path}: line {ln}"))
+        rows.append(ln)
+    return _records_to_dataset(records, rows, path, "line", fields), rows, "line"
+
+
+def _read_json(path: Path, fields: tuple[str, str]):
+    text = path.read_text(encoding="utf-8")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # JSON lines saved as .json
+            return _read_jsonl(path, text, fields)
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if isinstance(obj, dict):
+        lists = [k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        if len(lists) != 1:
+            raise DataError(
+                f"{path}: expected a JSON list of records or an object with one list of records "
+                f"(keys found: {', '.join(map(str, obj)) or 'none'})"
+            )
+        obj = obj[lists[0]]
+    if not isinstance(obj, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(obj).__name__}")
+    records = [_check_record(r, f"{path}: record {i + 1}") for i, r in enumerate(obj)]
+    rows = list(range(1, len(records) + 1))
+    return _records_to_dataset(records, rows, path, "record", fields), rows, "record"
+
+
+def _read_local_file(path: Path, prompt_field: str, answer_field: str):
+    """(Dataset, 1-based row numbers, row word) for one local file."""
+    from datasets import Dataset
+
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path, path.read_text(encoding="utf-8"), (prompt_field, answer_field))
+    if suffix == ".json":
+        return _read_json(path, (prompt_field, answer_field))
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            ds = Dataset(pq.read_table(path))
+        elif suffix == ".csv":
+            import pyarrow.csv as pacsv
+
+            import csv
+
+            import pyarrow as pa
+
+            with open(path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), [])
+            # keep the question and gold as text ('007', '1,000' must not become numbers)
+            types = {f: pa.string() for f in (prompt_field, answer_field) if f in header}
+            ds = Dataset(pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=types)))
+        elif suffix == ".arrow":
+            ds = Dataset.from_file(str(path))
+        else:
+            raise DataError(f"{path}: unsupported file type '{suffix}' (use one of {', '.join(LOCAL_SUFFIXES)})")
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot read as {suffix[1:]}: {e}") from None
+    return ds, list(range(1, len(ds) + 1)), "row"
+
+
+def _looks_local(source: str) -> bool:
+    return Path(source).expanduser().exists() or source.lower().endswith(LOCAL_SUFFIXES) or source.startswith(("/", ".", "~"))
+
+
+def load_source(source: str, split: str = "train", subset: str = "", prompt_field: str = "prompt", answer_field: str = "answer"):
+    """Load a raw source (no field mapping) and return ``(dataset, row_numbers, row_word, where)``.
+
+    ``row_numbers[i]`` is the 1-based line/record/row of dataset row i in its file, used in error
+    messages; ``where`` names the file or dataset. ``prompt_field``/``answer_field`` only keep those
+    CSV columns as strings (so '007' or '1,000' are not turned into numbers).
+    """
+    if not source:
+        raise DataError("no dataset given: set data.dataset to 'arithmetic', a local file, or a hub dataset name")
+    if _looks_local(source):
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"data file not found: {path}")
+        if path.is_file():
+            ds, rows, word = _read_local_file(path, prompt_field, answer_field)
+            keep = _apply_slice(len(ds), split)
+            if len(keep) != len(ds):
+                ds, rows = ds.select(keep), rows[keep.start:keep.stop]
+            return ds, rows, word, str(path)
+        return _load_dir(path, split, subset)
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, subset or None, split=split)
+    except Exception as e:
+        raise DataError(
+            f"cannot load dataset '{source}'{f' (subset {subset})' if subset else ''} split '{split}' "
+            f"from the Hugging Face hub: {type(e).__name__}: {e} (for a local file, give its path)"
+        ) from e
+    return ds, list(range(1, len(ds) + 1)), "row", f"{source}[{split}]"
+
+
+def _load_dir(path: Path, split: str, subset: str):
+    import datasets
+
+    if any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        obj = datasets.load_from_disk(str(path))
+        name, _ = _split_parts(split)
+        if isinstance(obj, datasets.DatasetDict):
+            if name not in obj:
+                raise DataError(f"{path}: no split '{name}' (splits: {', '.join(obj)})")
+            obj = obj[name]
+        keep = _apply_slice(len(obj), split)
+        if len(keep) != len(obj):
+            obj = obj.select(keep)
+        return obj, [keep.start + i + 1 for i in range(len(obj))], "row", f"{path}[{split}]"
+    try:
+        ds = datasets.load_dataset(str(path), subset or None, split=split)
+    except Exception as e:
+        raise DataError(f"{path}: cannot load directory split '{split}': {type(e).__name__}: {e}") from e
+    return ds, list(range(1, len(ds) + 1)), "row", f"{path}[{split}]"
+
+
+# ----------------------------------------------------------------------------------------------
+# field mapping and validation
+
+def _field_values(ds, field: str, where: str, row_word: str, rows: list[int]) -> list:
+    """Values of ``field`` (a column, or a dotted path into struct columns) for every row."""
+    cols = ds.column_names
+    if field in cols:
+        return list(ds[field])
+    head = field.split(".")[0]
+    if "." in field and head in cols:
+        out = []
+        for i, v in enumerate(ds[head]):
+            for part in field.split(".")[1:]:
+                if not isinstance(v, dict) or part not in v:
+                    raise DataError(f"{where}: {row_word} {rows[i]}: field '{field}' is missing (no '{part}')")
+                v = v[part]
+            out.append(v)
+        return out
+    raise DataError(f"{where}: {row_word} {rows[0] if rows else 1}: field '{field}' is missing (columns: {', '.join(cols)})")
+
+
+def _excerpt(v: Any, n: int = 60) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _check_prompt(p: Any, field: str, at: str) -> None:
+    if p is None:
+        raise DataError(f"{at}: field '{field}' is missing (null)")
+    if not isinstance(p, str):
+        raise DataError(f"{at}: field '{field}' must be a string, got {type(p).__name__}: {_excerpt(p)}")
+    if not p.strip():
+        raise DataError(f"{at}: field '{field}' is empty")
+
+
+def _check_answer(a: Any, field: str, at: str) -> None:
+    if a is None:
+        raise DataError(f"{at}: field '{field}' is missing (null)")
+    if isinstance(a, (str, list)) and not (a.strip() if isinstance(a, str) else a):
+        raise DataError(f"{at}: field '{field}' is empty")
+
+
+def _validate(prompts: list, answers: list, pf: str, af: str, where: str, word: str, rows: list[int]) -> None:
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        at = f"{where}: {word} {rows[i]}"
+        _check_prompt(p, pf, at)
+        _check_answer(a, af, at)
+
+
+def _move_aside(ds, name: str):
+    """Rename an existing column ``name`` to ``source_<name>`` (so the mapped field can take its name)."""
+    if name in ds.column_names:
+        new = f"source_{name}"
+        if new in ds.column_names:
+            ds = ds.remove_columns(new)
+        ds = ds.rename_column(name, new)
+    return ds
+
+
+def map_fields(ds, prompt_field: str, answer_field: str, where: str = "dataset", row_word: str = "row", rows: list[int] | None = None):
+    """Validate every row and return ``ds`` with ``prompt``/``answer`` columns (others kept)."""
+    rows = rows if rows is not None else list(range(1, len(ds) + 1))
+    if not prompt_field or not answer_field:
+        raise DataError("data.prompt_field and data.answer_field must be non-empty")
+    if prompt_field == answer_field:
+        raise DataError(f"data.prompt_field and data.answer_field are both '{prompt_field}'")
+    if prompt_field == "answer" or answer_field == "prompt":
+        raise DataError("the question field cannot be 'answer' and the gold field cannot be 'prompt' (swapped?)")
+    if len(ds) == 0:
+        raise DataError(f"{where}: no rows")
+    prompts = _field_values(ds, prompt_field, where, row_word, rows)
+    answers = _field_values(ds, answer_field, where, row_word, rows)
+    _validate(prompts, answers, prompt_field, answer_field, where, row_word, rows)
+    for target, field, values in (("prompt", prompt_field, prompts), ("answer", answer_field, answers)):
+        if field == target:
+            continue
+        ds = _move_aside(ds, target)
+        ds = ds.rename_column(field, target) if field in ds.column_names else ds.add_column(target, values)
+    return ds
+
+
+def load_prompts(source: str, split: str = "train", subset: str = "", prompt_field: str = "prompt", answer_field: str = "answer"):
+    """Load a source and map its fields: a ``datasets.Dataset`` with ``prompt``, ``answer`` and the rest."""
+    ds, rows, word, where = load_source(source, split, subset, prompt_field, answer_field)
+    return map_fields(ds, prompt_field, answer_field, where, word, rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# the built-in arithmetic task
+
+ARITHMETIC_PROMPT = "What is {expr}? Answer with just the number."
+
+
+def _arith_eval(operands: list[int], ops: list[str]) -> int:
+    """Value of operands[0] ops[0] operands[1] ... with the usual precedence (* before + and -)."""
+    terms, signs = [operands[0]], []
+    for op, x in zip(ops, operands[1:]):
+        if op == "*":
+            terms[-1] *= x
+        else:
+            terms.append(x)
+            signs.append(1 if op == "+" else -1)
+    return terms[0] + sum(s * t for s, t in zip(signs, terms[1:]))
+
+
+def _arith_decode(index: int, values: int, lo: int, ops: list[str], k: int) -> tuple[list[int], list[str]]:
+    """Mixed-radix decode of an expression index into k operands and k-1 operators."""
+    operands, chosen = [], []
+    for _ in range(k):
+        index, r = divmod(index, values)
+        operands.append(lo + r)
+    for _ in range(k - 1):
+        index, r = divmod(index, len(ops))
+        chosen.append(ops[r])
+    return operands, chosen
+
+
+def _arith_rows(indices: list[int], values: int, lo: int, ops: list[str], k: int) -> dict[str, list]:
+    prompts, answers, exprs = [], [], []
+    for idx in indices:
+        operands, chosen = _arith_decode(idx, values, lo, ops, k)
+        expr = str(operands[0]) + "".join(f" {o} {x}" for o, x in zip(chosen, operands[1:]))
+        exprs.append(expr)
+        prompts.append(ARITHMETIC_PROMPT.format(expr=expr))
+        answers.append(str(_arith_eval(operands, chosen)))
+    return {"prompt": prompts, "answer": answers, "expression": exprs}
+
+
+def arithmetic_splits(cfg) -> tuple[Any, Any]:
+    """(train, held-out) arithmetic datasets from an :class:`gmpo.config.ArithmeticConfig`.
+
+    Each expression is an index into the space of all ``num_terms``-operand expressions over
+    ``[min_value, max_value]`` and ``ops``; ``random.Random(cfg.seed).sample`` draws distinct indices,
+    the first ``n_eval`` are held out and no training row uses them. When the space minus the held-out
+    set is smaller than ``n_train``, training rows repeat (every remaining expression once per pass, each
+    pass shuffled). Prompts read ``"What is 13 + 7? Answer with just the number."``; the gold is the
+    integer as a string (``"-4"`` for negatives).
+    """
+    from datasets import Dataset
+
+    ops = list(cfg.ops)
+    bad = [o for o in ops if o not in ARITHMETIC_OPS]
+    if not ops or bad:
+        raise DataError(f"data.arithmetic.ops: {bad or 'empty'}: choose from {', '.join(ARITHMETIC_OPS)}")
+    if cfg.num_terms < 1:
+        raise DataError(f"data.arithmetic.num_terms must be >= 1, got {cfg.num_terms}")
+    if cfg.min_value > cfg.max_value:
+        raise DataError(f"data.arithmetic.min_value={cfg.min_value} > max_value={cfg.max_value}")
+    if cfg.n_train < 1 or cfg.n_eval < 0:
+        raise DataError(f"data.arithmetic needs n_train >= 1 and n_eval >= 0, got {cfg.n_train}, {cfg.n_eval}")
+    values = cfg.max_value - cfg.min_value + 1
+    space = values ** cfg.num_terms * len(ops) ** (cfg.num_terms - 1)
+    if cfg.n_eval >= space:
+        raise DataError(
+            f"data.arithmetic: only {space} distinct expressions exist, so n_eval={cfg.n_eval} leaves none "
+            "for training; widen min_value/max_value, add ops or terms, or lower n_eval"
+        )
+    rng = random.Random(cfg.seed)
+    order = rng.sample(range(space), min(space, cfg.n_eval + cfg.n_train))
+    held, train = order[: cfg.n_eval], order[cfg.n_eval:]
+    pool = list(train)
+    while len(train) < cfg.n_train:  # small space: repeat the non-held-out expressions, reshuffled
+        rng.shuffle(pool)
+        train = train + pool[: cfg.n_train - len(train)]
+    k = cfg.num_terms
+    return (
+        Dataset.from_dict(_arith_rows(train, values, cfg.min_value, ops, k)),
+        Dataset.from_dict(_arith_rows(held, values, cfg.min_value, ops, k)),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# train / eval datasets from the config
+
+def build_datasets(data_cfg, seed: int = 0):
+    """(train, eval) ``datasets.Dataset`` pair from a :class:`gmpo.config.DataConfig`.
+
+    Both have ``prompt`` and ``answer`` columns plus the source's other columns. Eval comes from
+    ``eval_dataset`` (``'arithmetic'`` = the held-out split), else ``eval_split`` of ``dataset`` (for the
+    arithmetic task: its held-out split; for a single local file only a slice such as
+    ``eval_split='train[7000:]'`` makes sense), and is cut to its first ``eval_size`` rows (0 = all).
+    ``seed`` is accepted for API stability; every source here is deterministic without it (the
+    arithmetic splits are fixed by ``data_cfg.arithmetic.seed`` so they do not move between runs).
+    """
+    del seed
+    c = data_cfg
+    held = None
+    if c.dataset == ARITHMETIC:
+        train, held = arithmetic_splits(c.arithmetic)
+    else:
+        train = load_prompts(c.dataset, c.split, c.subset, c.prompt_field, c.answer_field)
+    if c.eval_dataset == ARITHMETIC or (not c.eval_dataset and held is not None):
+        eval_ds = held if held is not None else arithmetic_splits(c.arithmetic)[1]
+    else:
+        source = c.eval_dataset or c.dataset
+        if not c.eval_dataset and Path(source).expanduser().is_file() and not _split_parts(c.eval_split)[1]:
+            raise DataError(
+                f"data.dataset={source} is a single file with no '{c.eval_split}' split: set data.eval_dataset "
+                "to a held-out file, or slice the file, e.g. data.split='train[:-200]' data.eval_split='train[-200:]'"
+            )
+        subset = c.subset if source == c.dataset else ""
+        eval_ds = load_prompts(source, c.eval_split, subset, c.prompt_field, c.answer_field)
+    if c.eval_size < 0:
+        raise DataError(f"data.eval_size must be >= 0, got {c.eval_size}")
+    if c.eval_size and len(eval_ds) > c.eval_size:
+        eval_ds = eval_ds.select(range(c.eval_size))
+    return train, eval_ds
+
+
+# ----------------------------------------------------------------------------------------------
+# batching
+
+class PromptLoader:
+    """Endless batches of rendered, tokenized prompts with seeded per-epoch shuffling and exact resume.
+
+    Every prompt is rendered (``data.template``) and tokenized once at construction, so a prompt longer
+    than ``data.max_prompt_tokens`` fails before training starts, naming its row. The order of epoch e is
+    ``numpy.random.default_rng([seed, e]).permutation(n)``: a pure function of (seed, epoch), so
+    :meth:`state_dict` needs only (epoch, position) to continue with exactly the same batches. A batch
+    that crosses an epoch boundary continues with the next epoch's order.
+    """
+
+    def __init__(self, dataset, tokenizer, data_cfg, batch_size: int, seed: int = 0):
+        if batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        self.rows: list[dict] = dataset.to_list()
+        if not self.rows:
+            raise DataError("PromptLoader: the dataset has no rows")
+        if "prompt" not in self.rows[0]:
+            raise DataError(f"PromptLoader: the dataset needs a 'prompt' column (has {', '.join(self.rows[0])})")
+        self.batch_size = batch_size
+        self.seed = int(seed)
+        self.shuffle = bool(data_cfg.shuffle)
+        self.texts = [
+            render_prompt(tokenizer, r["prompt"], data_cfg.template, data_cfg.system_prompt) for r in self.rows
+        ]
+        self.ids: list[list[int]] = tokenizer(self.texts, add_special_tokens=False)["input_ids"]
+        bos = _leading_bos(tokenizer)
+        if bos is not None and data_cfg.template not in ("chat", "qwen_math"):
+            # raw-text templates: add the BOS a model like Llama expects (chat templates write their own)
+            self.ids = [[bos] + x for x in self.ids]
+        limit = data_cfg.max_prompt_tokens
+        for i, x in enumerate(self.ids):
+            if limit and len(x) > limit:
+                raise DataError(
+                    f"dataset row {i + 1}: the rendered prompt has {len(x)} tokens, more than "
+                    f"data.max_prompt_tokens={limit} (prompt {_excerpt(self.rows[i]['prompt'])})"
+                )
+        self.fingerprint = hashlib.sha1("\x00".join(self.texts).encode()).hexdigest()
+        self.epoch, self.position = 0, 0
+        self._order = self._epoch_order(0)
+
+    def __len__(self) -> int:
+        """Number of prompts in one epoch."""
+        return len(self.rows)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        n = len(self.rows)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    def _item(self, i: int) -> dict:
+        item = dict(self.rows[i])
+        item["prompt_text"] = self.texts[i]
+        item["prompt_ids"] = list(self.ids[i])
+        return item
+
+    def next_batch(self) -> list[dict]:
+        """The next ``batch_size`` prompts: dicts with prompt, prompt_text, prompt_ids, answer and the rest."""
+        out = []
+        while len(out) < self.batch_size:
+            if self.position >= len(self.rows):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._epoch_order(self.epoch)
+            out.append(self._item(int(self._order[self.position])))
+            self.position += 1
+        return out
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[dict]:
+        return self.next_batch()
+
+    def state_dict(self) -> dict:
+        """Position in the stream: epoch, position in the epoch's order, the order's seed and the data's identity."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "num_rows": len(self.rows),
+            "fingerprint": self.fingerprint,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`; the data must be the same (rows and rendered prompts)."""
+        if state.get("num_rows") != len(self.rows) or state.get("fingerprint") != self.fingerprint:
+            raise DataError(
+                f"cannot resume the prompt stream: the checkpoint was taken on {state.get('num_rows')} prompts "
+                f"(fingerprint {str(state.get('fingerprint'))[:12]}), this data has {len(self.rows)} "
+                f"(fingerprint {self.fingerprint[:12]}); the dataset, its fields or the template changed"
+            )
+        self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._epoch_order(self.epoch)
+
+
+def _leading_bos(tokenizer) -> int | None:
+    """The BOS id when the tokenizer prepends one by default (Llama-style), else None."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    with_sp = tokenizer("a", add_special_tokens=True)["input_ids"]
+    without = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return bos if with_sp[:1] == [bos] and with_sp[1:] == without else None
