@@ -1,0 +1,206 @@
+"""Built-in reward functions, TRL style: ``f(prompts, completions, **columns) -> list[float]``.
+
+``prompts`` and ``completions`` are lists of strings (TRL's conversational form, a list of
+``{"role", "content"}`` messages, is accepted too: the last message's content is used). Dataset
+columns arrive as keyword lists of the same length; the gold answer is the ``answer`` column. Options
+given in a reward spec's ``kwargs`` arrive as plain keyword arguments.
+
+Every answer reward reads only the completion's *final* answer (:func:`gmpo.grading.extract_answer`:
+the last ``\\boxed{}``, else "the answer is X" / "#### X", else the last number), after removing spans
+copied from the prompt (:func:`gmpo.grading.strip_question_echo`), so restating the question does not
+put its numbers in the answer position.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from gmpo import grading
+
+NUMERIC_TOL = 1e-6  # absolute tolerance for numeric_answer / gsm8k_answer / arithmetic
+
+# A number: optional minus (not a binary minus right after a word, digit or bracket: "10-3" is 10, 3),
+# digits with optional thousands commas ("1,000"; "1,2,3" is three numbers), optional decimals.
+_NUM_RE = re.compile(r"(?:(?<![\w.)\]}])-)?(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
+
+
+def _options(*names: str) -> Callable:
+    """Mark a built-in's accepted spec ``kwargs`` so the runner rejects misspelt options."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.reward_options = names
+        return fn
+
+    return mark
+
+
+def _text(x: Any) -> str:
+    """A prompt/completion as text (TRL conversational lists: the last message's content)."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, list) and x and isinstance(x[-1], dict) and "content" in x[-1]:
+        return str(x[-1]["content"])
+    raise TypeError(f"expected a string or a list of chat messages, got {type(x).__name__}: {str(x)[:80]!r}")
+
+
+def numbers(text: str) -> list[float]:
+    """Every number in ``text`` in order ("1,000" -> 1000.0, "-4" -> -4.0, "10-3" -> 10.0, 3.0)."""
+    text = text.replace("\u2212", "-")  # unicode minus
+    return [float(m.replace(",", "")) for m in _NUM_RE.findall(text)]
+
+
+def single_number(text: str | None) -> float | None:
+    """The value of an answer string that holds exactly one number ("$1,000", "x = 5", "-4."), else None.
+
+    Two or more numbers ("\\frac{1}{2}", "3, 4") are ambiguous and give None.
+    """
+    if text is None:
+        return None
+    found = numbers(text)
+    return found[0] if len(found) == 1 else None
+
+
+def _gold_numbers(gold: Any, name: str) -> list[float]:
+    """Numeric gold(s): a number, a numeric string ("1,000", "#### 72"), or a list of those."""
+    if isinstance(gold, (list, tuple)):
+        return [g for item in gold for g in _gold_numbers(item, name)]
+    if isinstance(gold, bool) or gold is None:
+        raise ValueError(f"{name}: gold answer {gold!r} is not a number")
+    if isinstance(gold, (int, float)):
+        return [float(gold)]
+    s = str(gold)
+    if "####" in s:
+        s = s.rsplit("####", 1)[1]
+    value = single_number(s.strip())
+    if value is None:
+        raise ValueError(f"{name}: gold answer {str(gold)[-80:]!r} is not a single number")
+    return [value]
+
+
+def _final_answer(prompt: Any, completion: Any) -> tuple[str, str | None]:
+    """(completion text, its extracted final answer with prompt echoes removed)."""
+    text = _text(completion)
+    question = _text(prompt) if prompt is not None else None
+    cleaned = grading.strip_question_echo(text, question) if question else text
+    return text, grading.extract_answer(cleaned)
+
+
+def _golds(answer: list | None, n: int, name: str) -> list:
+    if answer is None:
+        raise ValueError(f"{name} needs the gold answers in an 'answer' column (set data.answer_field)")
+    if len(answer) != n:
+        raise ValueError(f"{name}: {len(answer)} gold answers for {n} completions")
+    return list(answer)
+
+
+def _close(p: float, golds: list[float]) -> bool:
+    return any(abs(p - g) <= NUMERIC_TOL for g in golds)
+
+
+@_options("timeout")
+def math_answer(prompts, completions, answer=None, timeout: float = 5.0, **columns) -> list[float]:
+    """1.0 when the completion's final answer is mathematically equivalent to the gold (math-verify).
+
+    Gold may be LaTeX text, a number, or a list of acceptable answers. ``timeout`` bounds each
+    math-verify comparison: an expression that takes longer scores 0 and never hangs training.
+    """
+    golds = _golds(answer, len(completions), "math_answer")
+    out = []
+    for p, c, g in zip(prompts, completions, golds):
+        question = _text(p) if p is not None else None
+        out.append(float(grading.grade(_text(c), g, timeout, question=question).correct))
+    return out
+
+
+@_options("timeout")
+def gsm8k_answer(prompts, completions, answer=None, timeout: float = 5.0, **columns) -> list[float]:
+    """GSM8K: 1.0 when the final answer equals the gold number after ``#### `` in the ``answer`` column.
+
+    The prediction is the completion's final answer (boxed / "answer is" / "####" / last number); a
+    prediction holding one number is compared numerically (commas and ``$`` ignored, tolerance 1e-6);
+    any other form ("\\frac{36}{2}") goes to math-verify against the gold number.
+    """
+    golds = _golds(answer, len(completions), "gsm8k_answer")
+    out = []
+    for p, c, g in zip(prompts, completions, golds):
+        gold = _gold_numbers(g, "gsm8k_answer")
+        _, pred = _final_answer(p, c)
+        value = single_number(pred)
+        if value is not None:
+            out.append(float(_close(value, gold)))
+        else:
+            out.append(float(bool(pred) and grading.verify(pred, gold, timeout)))
+    return out
+
+
+@_options()
+def numeric_answer(prompts, completions, answer=None, **columns) -> list[float]:
+    """1.0 when the final answer is exactly one number equal to the gold (|pred - gold| <= 1e-6).
+
+    Commas are thousands separators ("1,000" = 1000); a gold with ``####`` uses the part after it; a
+    list gold accepts any of its numbers. No symbolic equivalence: "\\frac{1}{2}" is not 0.5 here.
+    """
+    golds = _golds(answer, len(completions), "numeric_answer")
+    out = []
+    for p, c, g in zip(prompts, completions, golds):
+        gold = _gold_numbers(g, "numeric_answer")
+        value = single_number(_final_answer(p, c)[1])
+        out.append(float(value is not None and _close(value, gold)))
+    return out
+
+
+@_options()
+def arithmetic_answer(prompts, completions, answer=None, **columns) -> list[float]:
+    """The arithmetic task's reward: :func:`numeric_answer`, and the completion's last number is the answer.
+
+    "20", "13 + 7 = 20" and "The answer is 20." score 1; "\\boxed{20}, or maybe 21" and "20 5" score 0,
+    so hedging with several candidates is never rewarded.
+    """
+    golds = _golds(answer, len(completions), "arithmetic")
+    base = numeric_answer(prompts, completions, answer=golds)
+    out = []
+    for b, c, g in zip(base, completions, golds):
+        found = numbers(_text(c))
+        out.append(float(b == 1.0 and bool(found) and _close(found[-1], _gold_numbers(g, "arithmetic"))))
+    return out
+
+
+FORMAT_STYLES = {
+    "boxed": None,  # a non-empty, closed \boxed{...}
+    "think_answer": r"</think>\s*<answer>\s*\S.*?</answer>\s*$",  # R1 template: reasoning, then the answer tags
+}
+
+
+@_options("pattern", "style")
+def format_reward(prompts, completions, pattern: str | None = None, style: str | None = None, **columns) -> list[float]:
+    """1.0 when the completion has the expected final-answer form, else 0.0.
+
+    Default (``style="boxed"``): a non-empty, closed ``\\boxed{...}``. ``style="think_answer"``: the R1
+    form ``... </think> <answer> X </answer>`` at the end. ``pattern``: any regex, searched with
+    ``re.DOTALL`` (anchor it with ``^``/``$`` to constrain the whole completion).
+    """
+    if pattern is not None and style is not None:
+        raise ValueError("format: give either pattern or style, not both")
+    style = style or ("boxed" if pattern is None else None)
+    if style is not None and style not in FORMAT_STYLES:
+        raise ValueError(f"format: unknown style {style!r}; choose {', '.join(FORMAT_STYLES)} or give a pattern")
+    regex = pattern if pattern is not None else FORMAT_STYLES[style]
+    if regex is None:
+        return [float(bool(grading.extract_boxed(_text(c)))) for c in completions]
+    try:
+        compiled = re.compile(regex, re.DOTALL)
+    except re.error as e:
+        raise ValueError(f"format: invalid regex {regex!r}: {e}") from None
+    return [float(compiled.search(_text(c)) is not None) for c in completions]
+
+
+BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {
+    "math_answer": math_answer,
+    "gsm8k_answer": gsm8k_answer,
+    "numeric_answer": numeric_answer,
+    "arithmetic": arithmetic_answer,
+    "format": format_reward,
+}
+
+__all__ = ["BUILTIN_REWARDS", "arithmetic_answer", "format_reward", "gsm8k_answer", "math_answer", "numbers",
+           "numeric_answer", "single_number"]
