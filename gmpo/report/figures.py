@@ -47,6 +47,18 @@ def _colors(algos: list[str]) -> dict[str, str]:
     return {a: palette[i % len(palette)] for i, a in enumerate(algos)}
 
 
+def _plain_log_labels(ax) -> None:
+    """Log-axis tick labels as plain numbers (0.6, 1, 20), minor ones only when the axis spans < 2 decades."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(fmt)
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_minor_formatter(fmt if lo > 0 and math.log10(hi / lo) < 2 else NullFormatter())
+
+
 def plot_metric(runs: list[Run], key: str, path: str | Path, title: str, ylabel: str, logy: bool = False) -> bool:
     """Mean of `key` per step for each algorithm, shaded from the min to the max over seeds. False: no data."""
     groups = _by_algo(runs)
@@ -66,6 +78,7 @@ def plot_metric(runs: list[Run], key: str, path: str | Path, title: str, ylabel:
             ax.fill_between(xs, lo, hi, color=colors[a], alpha=0.18, lw=0)
     if logy and all(v > 0 for d in data.values() for v in d[2]):
         ax.set_yscale("log")
+        _plain_log_labels(ax)
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
@@ -102,6 +115,7 @@ def plot_ratio(runs: list[Run], path: str | Path) -> bool:
         return False
     ax.axhline(1.0, color="black", lw=0.8, alpha=0.5)
     ax.set_yscale("log")
+    _plain_log_labels(ax)
     ax.set_title("Token importance ratio per step: min and max (log scale)")
     ax.set_xlabel("step")
     ax.set_ylabel("pi_theta / pi_old")

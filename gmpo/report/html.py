@@ -22,7 +22,7 @@ th,td{border:1px solid #d9dde5;padding:7px 9px;text-align:right;vertical-align:t
 th{background:#eef1f6;font-weight:600;text-align:center}td:first-child,th:first-child{text-align:left;font-weight:600}
 .figs{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:14px}
 figure{margin:0;background:#fff;padding:8px;box-shadow:0 1px 2px rgba(0,0,0,.06)}
-figure img{width:100%;height:auto;display:block}figcaption{font-size:13px;color:#5a6272;margin-top:4px}
+figure img{width:100%;height:auto;display:block}
 .note{font-size:13px;color:#5a6272;margin-top:8px}
 ul.runs{font-size:13px;columns:2}code{font-size:12.5px;background:#eef1f6;padding:1px 4px;border-radius:3px}
 """
@@ -42,7 +42,7 @@ def render_html(table: Table, figures: list[tuple[str, Path]], runs: list[Run], 
         f"<tr><td>{esc(a)}</td><td>{len(table.seeds[a])}</td>"
         + "".join(f"<td>{esc(table.cells[a][k])}</td>" for k, _, _ in COLUMNS) + "</tr>"
         for a in table.algos)
-    figs = "".join(f"<figure>{_img_tag(p, t)}<figcaption>{esc(t)}</figcaption></figure>" for t, p in figures)
+    figs = "".join(f"<figure>{_img_tag(p, t)}</figure>" for t, p in figures)
     run_items = []
     for r in sorted(runs, key=lambda r: (r.algo, r.seed)):
         try:
