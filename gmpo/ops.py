@@ -103,7 +103,8 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: floa
         raise ValueError(f"temperature must be > 0, got {temperature}")
     ignore = labels < 0
     safe = labels.clamp(min=0).long()
-    out = _TokenLogprobs.apply(logits, safe, float(temperature), int(chunk_size))  # (B, T)
+    with torch.autocast(device_type=logits.device.type, enabled=False):  # float32 math on purpose
+        out = _TokenLogprobs.apply(logits, safe, float(temperature), int(chunk_size))  # (B, T)
     return torch.where(ignore, torch.zeros((), dtype=out.dtype, device=out.device), out)
 
 
@@ -158,7 +159,8 @@ def token_entropy(logits: torch.Tensor, chunk_size: int = DEFAULT_CHUNK,
         raise ValueError(f"token_entropy: expected logits (B,T,V), got {tuple(logits.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    return _TokenEntropy.apply(logits, float(temperature), int(chunk_size))
+    with torch.autocast(device_type=logits.device.type, enabled=False):  # float32 math on purpose
+        return _TokenEntropy.apply(logits, float(temperature), int(chunk_size))
 
 
 # ----------------------------------------------------------------------------------------------
