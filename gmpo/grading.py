@@ -91,6 +91,7 @@ def extract_boxed(text: str | None) -> str | None:
 
 
 _FINAL_RE = re.compile(r"(?i)(?:final\s+)?answer\s*(?:is|:)\s*(?:\\?:\s*)?|####\s*")
+_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
 _NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 _DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
@@ -109,7 +110,8 @@ def _clean_phrase(s: str) -> str:
 def extract_answer(text: str | None) -> str | None:
     """The final answer of a completion.
 
-    Order: the last ``\\boxed{}`` (an empty box gives ``""``, which grades wrong); else the text after
+    Order: the last ``\\boxed{}`` (an empty box gives ``""``, which grades wrong); else the content of
+    the last ``<answer>...</answer>`` (R1 template; an unclosed tag runs to the end); else the text after
     the last "answer is" / "Answer:" / "Final Answer:" / "####" up to the end of that sentence or
     ``$...$`` span; else the last number in the text; else ``None``.
     """
@@ -118,6 +120,11 @@ def extract_answer(text: str | None) -> str | None:
     boxed = extract_boxed(text)
     if boxed is not None:
         return boxed
+    tags = _ANSWER_TAG_RE.findall(text)  # R1 template: <answer> ... </answer>
+    if tags:
+        inner = tags[-1].strip()
+        phrase = list(_FINAL_RE.finditer(inner))
+        return _clean_phrase(inner[phrase[-1].end():] if phrase else inner)
     finals = list(_FINAL_RE.finditer(text))
     if finals:
         line = text[finals[-1].end():].split("\n", 1)[0]
@@ -142,6 +149,27 @@ def _norm(s: str) -> str:
     s = s.strip().strip("$").strip()
     s = re.sub(r"\\[,;:! ]|\\left|\\right|\s+", "", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").rstrip(".")
+    return s
+
+
+_BOLD_RE = re.compile(r"\\(?:textbf|mathbf|bm|boldsymbol)\{")
+
+
+def _unwrap(s: str) -> str:
+    """Drop formatting that wraps a whole answer: ``\textbf{(073)}`` -> ``073``, ``**5**`` -> ``5``."""
+    s = s.strip().strip("$").strip()
+    for _ in range(4):
+        m = _BOLD_RE.match(s)
+        if m and _match_braces(s, m.end() - 1) == len(s):
+            s = s[m.end():-1].strip()
+            continue
+        if s.startswith("**") and s.endswith("**") and len(s) > 4:
+            s = s[2:-2].strip()
+            continue
+        if re.fullmatch(r"\([-+]?\d+(?:\.\d+)?\)", s):  # an answer-choice style "(073)" of a plain number
+            s = s[1:-1]
+            continue
+        break
     return s
 
 
@@ -362,7 +390,9 @@ def verify(pred: str | None, gold: str | float | int | list, timeout: float = 5.
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if pred is None or not str(pred).strip():
         return False
-    pred = str(pred)
+    pred = _unwrap(str(pred))
+    if not pred:
+        return False
     if isinstance(gold, (list, tuple)):
         return any(verify(pred, g, timeout) for g in gold)
     if isinstance(gold, bool) or gold is None:

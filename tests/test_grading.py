@@ -41,6 +41,10 @@ def test_extract_boxed(text, expected):
     ("First 12 apples, then 1,500 pears and finally -3.25 kg", "-3.25"),  # last number
     ("She pays 1,500 dollars", "1500"),
     ("no numbers at all", None),
+    ("<think>maybe 3</think> <answer> 5 </answer>", "5"),  # R1 template
+    ("<think>x</think><answer>The answer is $\\frac12$.</answer>", r"\frac12"),
+    ("<think>x</think><answer></answer> 7", ""),  # empty answer tag: wrong, no fallback
+    (r"\textbf{(073)}", "073"),  # bold answer with no box: the last number
 ])
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
@@ -73,6 +77,9 @@ def test_extract_answer(text, expected):
     (None, "2", False),
     ("", "2", False),
     ("  ", "2", False),
+    (r"\textbf{(073)}", "073", True),  # AIME's bold answer-choice style
+    ("**5**", "5", True),
+    (r"\textbf{}", "1", False),
 ])
 def test_verify(pred, gold, ok):
     assert verify(pred, gold) is ok

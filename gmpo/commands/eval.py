@@ -1,0 +1,134 @@
+"""Evaluate a model on math benchmarks: Pass@1 with greedy decoding (the GMPO paper's setting), or mean@K
+and unbiased pass@k when sampling K completions per problem.
+
+Prints a markdown table, writes the report to --out (JSON) and the per-problem records (prompt,
+completions, extracted answers, gold, verdicts) to <out>.problems.jsonl beside it. Rerunning with the
+same --out and settings resumes: problems already in the jsonl are not generated again.
+
+examples:
+  gmpo eval --model smollm2-135m-instruct --benchmarks gsm8k,math500 --data-dir ../shared/data --limit 100
+  gmpo eval --model runs/gmpo/checkpoint-200 --benchmarks paper --data-dir data/ --template qwen_math
+  gmpo eval --model Qwen/Qwen2.5-Math-7B --benchmarks math500 --samples 8 --temperature 1.0
+  gmpo eval --check-grader --data-dir ../shared/data
+
+benchmarks: math500, aime24, amc (AMC 2023), minerva, olympiadbench, gsm8k; the GMPO / Dr. GRPO
+papers' exact suite drgrpo_aime, drgrpo_amc (AMC 2022+2023, 83 problems), drgrpo_math, drgrpo_minerva,
+drgrpo_olympiad_bench; groups: default (the first six), paper (the drgrpo five), all.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `gmpo eval`."""
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="HF hub name, local model directory, or the packaged alias smollm2-135m-instruct (default)")
+    p.add_argument("--benchmarks", default="default",
+                   help="comma-separated benchmark names or groups (default: %(default)s = "
+                        "math500,aime24,amc,minerva,olympiadbench,gsm8k)")
+    p.add_argument("--data-dir", default="",
+                   help="directory with local benchmark files (math500.jsonl, gsm8k_test.jsonl, drgrpo_eval_*.arrow, "
+                        "...); empty = download each benchmark's hub dataset")
+    p.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0 = all)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="completions per problem K; K > 1 reports mean@K and pass@k for k = 1, 2, 4, ... <= K "
+                        "and needs --temperature > 0 (default 1: greedy Pass@1)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy, the paper's setting)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1 = off)")
+    p.add_argument("--max-new-tokens", type=int, default=3000,
+                   help="generation budget per completion (default 3000, the paper's; lower it on a CPU)")
+    p.add_argument("--template", default="chat",
+                   help="prompt template: chat (the tokenizer's chat template), qwen_math (chat + 'Please reason step "
+                        "by step, and put your final answer within \\boxed{}.'), r1 (R1-Zero plain text, stops at "
+                        "</answer>), plain, or a custom string containing {prompt}")
+    p.add_argument("--system-prompt", default="", help="system message for the chat template")
+    p.add_argument("--out", default="eval_results.json",
+                   help="report JSON path; per-problem records go to <out without .json>.problems.jsonl")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts generated together")
+    p.add_argument("--bf16", choices=["auto", "true", "false"], default="auto",
+                   help="bf16 autocast for generation (auto: on where the device has fast bf16)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="weight dtype")
+    p.add_argument("--backend", choices=["engine", "hf"], default="engine",
+                   help="rollout backend: gmpo's KV-cache engine (default) or transformers generate")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (unused when greedy)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per answer comparison (then: wrong)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh: overwrite an existing per-problem jsonl")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--check-grader", action="store_true",
+                   help="instead of evaluating a model, grade each benchmark's own reference solutions against its "
+                        "gold answers and report the agreement (exit 1 if MATH500 agrees < 99%%)")
+
+
+def records_path_for(out: str | Path) -> Path:
+    """Where the per-problem jsonl of report ``out`` lives: ``results.json`` -> ``results.problems.jsonl``."""
+    out = Path(out)
+    stem = out.name[:-5] if out.name.endswith(".json") else out.name
+    return out.with_name(stem + ".problems.jsonl")
+
+
+def _check_grader(args) -> int:
+    from gmpo.eval import check_grader
+
+    names = args.benchmarks if args.benchmarks != "default" else "all"
+    report = check_grader(names, data_dir=args.data_dir, limit=args.limit, timeout=args.timeout)
+    print("| benchmark | solutions | agree | agreement | false accepts (cross-pairs) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in report.items():
+        print(f"| {name} | {r['n']} | {r['agree']} | {100 * r['agreement']:.1f}% | "
+              f"{r['false_accepts']} / {r['cross_pairs']} |")
+    for name, r in report.items():
+        for d in r["disagreements"][:5]:
+            print(f"  {name}#{d['index']}: extracted {d['pred']!r:.80} vs gold {d['gold']!r:.80}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"check_grader": report}, indent=2, ensure_ascii=False))
+        print(f"wrote {args.out}")
+    math500 = report.get("math500")
+    if math500 is not None and math500["agreement"] < 0.99:
+        print(f"FAIL: MATH500 agreement {100 * math500['agreement']:.1f}% < 99%", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args) -> int:
+    """Run `gmpo eval`."""
+    if args.check_grader:
+        return _check_grader(args)
+    import torch
+
+    from gmpo.eval import markdown_table, resolve_names, run_eval
+    from gmpo.models import bf16_supported, load_model, resolve_device
+    from gmpo.rollout import make_engine
+
+    resolve_names(args.benchmarks)  # fail on a typo before loading the model
+    device = resolve_device(args.device)
+    bf16 = bf16_supported(device) if args.bf16 == "auto" else args.bf16 == "true"
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=str(device))
+    engine = make_engine(args.backend, model, tokenizer, bf16=bf16, decode_batch_size=max(args.batch_size * args.samples, 1))
+    records = records_path_for(args.out)
+    if args.no_resume and records.exists():
+        records.unlink()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    print(f"model {args.model} on {device} (bf16={bf16}, threads={torch.get_num_threads()}); records -> {records}",
+          file=sys.stderr)
+    report = run_eval(model, tokenizer, args.benchmarks, data_dir=args.data_dir, limit=args.limit,
+                      max_new_tokens=args.max_new_tokens, template=args.template, system_prompt=args.system_prompt,
+                      samples=args.samples, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                      batch_size=args.batch_size, engine=engine, bf16=bf16, records_path=records,
+                      timeout=args.timeout, progress=not args.no_progress)
+    report["settings"].update(model=args.model, device=str(device), dtype=args.dtype, backend=args.backend)
+    report["records"] = str(records)
+    Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    t = report["timing"]
+    print(markdown_table({k: {m: v for m, v in d.items() if m != "n"} for k, d in report["benchmarks"].items()},
+                         {k: d["n"] for k, d in report["benchmarks"].items()}))
+    print(f"\n{t['generated_tokens']} tokens generated in {t['generate_s']:.1f} s ({t['tokens_per_s']:.1f} tok/s); "
+          f"wall {t['wall_s']:.1f} s; {t['resumed_problems']} problems resumed; grader timeouts "
+          f"{report['grader']['timeouts']}")
+    print(f"wrote {args.out} and {records}")
+    return 0
