@@ -98,9 +98,10 @@ def _records_to_dataset(records: list[dict], rows: list[int], path: Path, row_wo
     except Exception as e:  # pyarrow: a column mixing types (e.g. numbers and strings)
         bad = ""
         for k, vals in columns.items():
-            kinds = {type(v).__name__ for v in vals if v is not None}
+            present = [(i, type(v).__name__) for i, v in enumerate(vals) if v is not None]
+            kinds = {t for _, t in present}
             if len(kinds) > 1:
-                first = next(i for i, v in enumerate(vals) if v is not None and type(v).__name__ != type(vals[0]).__name__)
+                first = next(i for i, t in present if t != present[0][1])
                 bad = f" column '{k}' mixes {', '.join(sorted(kinds))} (first different value at {row_word} {rows[first]});"
                 break
         raise DataError(f"{path}:{bad} cannot build a table: {e}") from None

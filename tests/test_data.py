@@ -119,8 +119,8 @@ def test_null_gold_in_parquet_names_row(tmp_path):
 
 
 def test_mixed_types_in_a_column_named(tmp_path):
-    p = _jsonl(tmp_path / "mixed.jsonl", ['{"prompt": "a", "answer": "1", "id": 1}', '{"prompt": "b", "answer": "2", "id": "x"}'])
-    with pytest.raises(DataError, match=r"mixed\.jsonl: column 'id' mixes int, str \(first different value at line 2\)"):
+    p = _jsonl(tmp_path / "mixed.jsonl", ['{"prompt": "a", "answer": "1"}', '{"prompt": "a", "answer": "1", "id": 1}', '{"prompt": "b", "answer": "2", "id": "x"}'])
+    with pytest.raises(DataError, match=r"mixed\.jsonl: column 'id' mixes int, str \(first different value at line 3\)"):
         load_prompts(p)
 
 
@@ -279,3 +279,22 @@ def test_loader_adds_bos_for_raw_templates_only():
     chat = PromptLoader(ds, t, _cfg(template="chat"), 1, seed=0).next_batch()[0]
     assert chat["prompt_ids"] == t(chat["prompt_text"], add_special_tokens=False)["input_ids"]
     assert chat["prompt_ids"].count(t.bos_token_id) == 2  # the chat template's own <|im_start|> tokens only
+
+
+def test_hub_name_goes_to_datasets_load_dataset(monkeypatch):
+    calls = []
+
+    def fake_load_dataset(name, subset=None, split=None):
+        calls.append((name, subset, split))
+        return datasets.Dataset.from_dict({"question": ["q1", "q2"], "answer": ["#### 1", "#### 2"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ds = load_prompts("openai/gsm8k", "train[:2]", "main", prompt_field="question")
+    assert calls == [("openai/gsm8k", "main", "train[:2]")] and ds["prompt"] == ["q1", "q2"]
+
+    def offline(*a, **k):
+        raise ConnectionError("Couldn't reach 'openai/gsm8k' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="cannot load dataset 'openai/gsm8k' \\(subset main\\) split 'test'.*local file, give its path"):
+        load_prompts("openai/gsm8k", "test", "main", prompt_field="question")
