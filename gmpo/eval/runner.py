@@ -67,6 +67,20 @@ def _read_records(path: Path, settings: EvalSettings) -> dict[tuple[str, int], d
     return done
 
 
+def _open_append(path: Path):
+    """Open the records file for appending; a last line cut by an interruption is closed off first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cut = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, 2)
+            cut = f.read(1) != b"\n"
+    f = open(path, "a", encoding="utf-8")
+    if cut:
+        f.write("\n")
+    return f
+
+
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -108,7 +122,7 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
     todo = {name: [p for p in probs if (name, p.index) not in done] for name, probs in problems.items()}
     bar = _progress(sum(len(v) for v in problems.values()), progress)
     bar.update(sum(len(problems[n]) - len(todo[n]) for n in names))
-    out = open(path, "a", encoding="utf-8") if path else None
+    out = _open_append(path) if path else None
     try:
         for name in names:
             for start in range(0, len(todo[name]), batch_size):
