@@ -1,0 +1,224 @@
+"""The policy-update phase: micro-batch assembly, the training forward and gradient accumulation.
+
+Cost notes (the lean step of issue 3):
+
+- Each micro-batch is right-padded to ITS OWN longest prompt+completion (not the global maximum) and
+  runs without an attention mask: with right padding and causal attention no real token ever attends to
+  a pad, so the fast causal path applies.
+- The lm_head runs only from the first completion position on (``logits_to_keep``): prompt positions
+  never reach the (b, K, V) logits, and :func:`gmpo.ops.token_logprobs` upcasts them one chunk at a time.
+- Old log-probs cost no forward when the policy has not moved since sampling (see :class:`OldLogp`).
+
+Gradient-accumulation scaling lives in :func:`accumulate_minibatch` and nowhere else: each micro-batch
+loss is multiplied by ``out.count / reduction_count(reduction, mini-batch mask)``, so the summed
+gradient equals the gradient of the uncut mini-batch for every reduction.
+"""
+from __future__ import annotations
+
+import inspect
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from gmpo import losses, ops
+from gmpo.telemetry.collector import Reducer
+
+LOGP_AGREE_TOL = 1e-3  # max |rollout logp - training logp| (nats/token) for rollout log-probs to serve as old_logp
+
+
+@dataclass
+class MicroBatch:
+    """One forward's worth of completions, laid out for a sliced-logits forward.
+
+    input_ids (b, L): prompt+completion, right-padded to this micro-batch's longest row. The forward keeps
+    logits for positions start..L-1 (K = L - start of them); labels (b, K) hold the next token at
+    completion positions and -100 elsewhere; gather (b, Tc) maps completion token t of row i to its
+    column in the kept logits. rows (b,): indices into the rollout batch; Tc: longest completion here.
+    """
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    gather: torch.Tensor
+    start: int
+    rows: torch.Tensor
+    Tc: int
+    n_tokens: int  # real (non-pad) tokens in the forward, for FLOP accounting
+
+
+def build_micro_batch(prompt_ids: list[list[int]], completion_ids: torch.Tensor, lengths: torch.Tensor,
+                      rows: torch.Tensor, pad_id: int, device: torch.device) -> MicroBatch:
+    """Assemble rows `rows` of a rollout batch (prompt_ids per row, completion_ids (N, T), lengths (N,))."""
+    r = rows.tolist()
+    lens = lengths[rows].tolist()
+    Tc = max(max(lens), 1)
+    plens = [len(prompt_ids[i]) for i in r]
+    L = max(p + c for p, c in zip(plens, lens))
+    L = max(L, min(plens) + Tc)
+    comp = completion_ids[rows, :Tc].tolist()
+    ids = torch.full((len(r), L), pad_id, dtype=torch.long)
+    for k, (i, p, c) in enumerate(zip(r, plens, lens)):
+        ids[k, :p] = torch.tensor(prompt_ids[i], dtype=torch.long)
+        ids[k, p:p + c] = torch.tensor(comp[k][:c], dtype=torch.long)
+    start = min(plens) - 1  # first position whose logits predict a completion token
+    K = L - start
+    labels = torch.full((len(r), K), -100, dtype=torch.long)  # (b, K)
+    gather = torch.zeros((len(r), Tc), dtype=torch.long)  # (b, Tc)
+    t = torch.arange(Tc)
+    for k, (p, c) in enumerate(zip(plens, lens)):
+        cols = (p - 1 - start) + t  # logits column predicting completion token t
+        gather[k] = cols.clamp(max=K - 1)
+        labels[k, cols[:c]] = ids[k, p:p + c]
+    return MicroBatch(ids.to(device), labels.to(device), gather.to(device), start, rows.to(device), Tc,
+                      n_tokens=sum(plens) + sum(lens))
+
+
+class PolicyForward:
+    """Runs a causal LM on a :class:`MicroBatch` and returns completion-token log-probs (and entropy)."""
+
+    def __init__(self, temperature: float, bf16: bool, chunk_size: int = ops.DEFAULT_CHUNK):
+        self.temperature, self.bf16, self.chunk_size = temperature, bf16, chunk_size
+        self._keep_arg: dict[int, bool] = {}
+
+    def autocast(self, device: torch.device):
+        """bf16 autocast context for the forward when enabled."""
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
+
+    def __call__(self, model, mb: MicroBatch, entropy: bool = False):
+        """(logp (b, Tc) float32, entropy (b, Tc) float32 or None); differentiable unless under no_grad."""
+        key = id(model)
+        if key not in self._keep_arg:
+            self._keep_arg[key] = "logits_to_keep" in inspect.signature(model.forward).parameters
+        kw = {"logits_to_keep": mb.input_ids.shape[1] - mb.start} if self._keep_arg[key] else {}
+        with self.autocast(mb.input_ids.device):
+            logits = model(input_ids=mb.input_ids, use_cache=False, **kw).logits  # (b, K, V)
+        if not kw:
+            logits = logits[:, mb.start:]
+        logp = ops.token_logprobs(logits, mb.labels, self.temperature, self.chunk_size)  # (b, K) float32
+        logp = logp.gather(1, mb.gather)  # (b, Tc)
+        ent = None
+        if entropy:
+            with torch.no_grad():
+                ent = ops.token_entropy(logits.detach(), self.chunk_size, self.temperature).gather(1, mb.gather)
+        return logp, ent
+
+
+def split_rows(rows: torch.Tensor, micro_batch_size: int) -> list[torch.Tensor]:
+    """Cut a 1-D index tensor into consecutive pieces of at most `micro_batch_size`."""
+    return list(torch.split(rows, micro_batch_size))
+
+
+@torch.no_grad()
+def no_grad_logp(model, forward: PolicyForward, batch, rows: torch.Tensor, micro_batch_size: int,
+                 out: torch.Tensor) -> int:
+    """Write log-probs of `rows` of `batch` under `model` into `out` (N, T) with no graph; returns tokens run."""
+    tokens = 0
+    for chunk in split_rows(rows, micro_batch_size):
+        mb = batch.micro_batch(chunk)
+        logp, _ = forward(model, mb)
+        out[mb.rows, : mb.Tc] = logp
+        tokens += mb.n_tokens
+    return tokens
+
+
+class OldLogp:
+    """The old log-probs of a rollout batch, (N, T), filled without extra forwards where possible.
+
+    - The policy has not moved since sampling (the first mini-batch of the first epoch; every mini-batch
+      when there is one optimizer step per rollout batch): old_logp = the training forward's log-probs,
+      detached (ratio exactly 1). They are stored, so later epochs reuse them for those rows.
+    - Otherwise, ``mode``: "never" uses the engine's rollout log-probs; "always" recomputes every row with
+      one no-grad forward before the first update; "auto" compares the first mini-batch's training
+      log-probs with the rollout log-probs and uses the rollout ones when the largest per-token gap is
+      <= LOGP_AGREE_TOL, else recomputes the rows the first mini-batch did not cover.
+    """
+
+    def __init__(self, rollout_logp: torch.Tensor, mask: torch.Tensor, mode: str):
+        self.rollout, self.mask = rollout_logp, mask  # (N, T) each
+        self.values = rollout_logp.clone()  # (N, T)
+        self.mode = mode
+        self.fresh = torch.zeros(rollout_logp.shape[0], dtype=torch.bool, device=rollout_logp.device)  # rows set from the current policy
+        self.policy_moved = False
+        self.gap_max = torch.zeros((), device=rollout_logp.device)  # max |training - rollout| logp while unmoved
+        self.gap_sum = torch.zeros((), device=rollout_logp.device)
+        self.gap_tokens = torch.zeros((), device=rollout_logp.device)
+
+    def for_rows(self, rows: torch.Tensor, logp: torch.Tensor, Tc: int) -> torch.Tensor:
+        """old_logp (b, Tc) for a micro-batch whose current log-probs are `logp`."""
+        if self.policy_moved:
+            return self.values[rows, :Tc]
+        cur = logp.detach()
+        with torch.no_grad():  # rollout vs training numerics, measured where both describe the same policy
+            valid = self.mask[rows, :Tc] != 0
+            gap = torch.where(valid, (cur - self.rollout[rows, :Tc]).abs(), torch.zeros((), device=cur.device))
+            self.gap_max = torch.maximum(self.gap_max, gap.max())
+            self.gap_sum = self.gap_sum + gap.sum()
+            self.gap_tokens = self.gap_tokens + valid.sum()
+        if self.mode == "always":
+            return self.values[rows, :Tc]
+        self.values[rows, :Tc] = cur
+        self.fresh[rows] = True
+        return cur
+
+    def rollout_agrees(self) -> bool:
+        """Whether the rollout log-probs matched the training forward (one host sync; call once)."""
+        return bool(self.gap_max.item() <= LOGP_AGREE_TOL)
+
+    def gap_metrics(self) -> dict[str, torch.Tensor]:
+        """rollout/logp_gap_max|mean: |training - rollout| log-prob per token while the policy was unmoved."""
+        return {"rollout/logp_gap_max": self.gap_max,
+                "rollout/logp_gap_mean": self.gap_sum / self.gap_tokens.clamp(min=1)}
+
+    def stale_rows(self) -> torch.Tensor:
+        """Rows whose old log-probs still come from the rollout (not from the training forward)."""
+        return (~self.fresh).nonzero().squeeze(-1)
+
+
+def accumulate_minibatch(model, forward: PolicyForward, batch, rows: torch.Tensor, micro_batch_size: int,
+                         loss_fn, loss_kwargs: dict, reduction: str, norm_len, old: OldLogp,
+                         ref_logp: torch.Tensor | None, red: Reducer, want_entropy: bool):
+    """Forward + backward one mini-batch (`rows`) in micro-batches; gradients accumulate in `model`.
+
+    Returns (the mini-batch loss as a 0-d tensor, tokens run through the model, {"min", "max"}: this
+    mini-batch's token-ratio extremes as 0-d tensors). Step metrics go to `red`.
+    """
+    full_mask = batch.mask[rows]  # (m, T)
+    denom = losses.reduction_count(reduction, full_mask, norm_len)  # the whole mini-batch's denominator
+    total = torch.zeros((), device=full_mask.device)
+    tokens = 0
+    rmin = torch.full((), float("inf"), device=full_mask.device)
+    rmax = torch.full((), float("-inf"), device=full_mask.device)
+    for chunk in split_rows(rows, micro_batch_size):
+        mb = batch.micro_batch(chunk)
+        logp, ent = forward(model, mb, entropy=want_entropy)  # (b, Tc)
+        mask = batch.mask[mb.rows, : mb.Tc]  # (b, Tc)
+        old_logp = old.for_rows(mb.rows, logp, mb.Tc)
+        ref = ref_logp[mb.rows, : mb.Tc] if ref_logp is not None else None
+        out = loss_fn(logp, old_logp, batch.advantages[mb.rows], mask, ref_logp=ref, **loss_kwargs)
+        scaled = out.loss * (out.count / denom)  # the ONE place grad-accumulation scaling happens
+        scaled.backward()
+        total = total + scaled.detach()
+        tokens += mb.n_tokens
+        _micro_metrics(red, out, logp, old_logp, ref, mask, ent)
+        rmin = torch.minimum(rmin, out.metrics["ratio/token_min"].float())
+        rmax = torch.maximum(rmax, out.metrics["ratio/token_max"].float())
+    return total, tokens, {"min": rmin, "max": rmax}
+
+
+@torch.no_grad()
+def _micro_metrics(red: Reducer, out, logp, old_logp, ref, mask, ent) -> None:
+    n_tok = mask.sum()
+    m = out.metrics
+    for k in ("clip/frac_low", "clip/frac_high"):
+        red.mean(k, m[k], n_tok)
+    red.min("ratio/token_min", m["ratio/token_min"])
+    red.max("ratio/token_max", m["ratio/token_max"])
+    red.min("ratio/seq_min", m["ratio/seq_min"])
+    red.max("ratio/seq_max", m["ratio/seq_max"])
+    valid = mask != 0
+    red.cat("ratio/tokens", torch.exp(logp.detach() - old_logp)[valid])
+    # policy/kl: KL to the reference policy when there is one, else k3 between current and old policy
+    kl = ops.kl_penalty(logp.detach(), ref if ref is not None else old_logp, "k3")
+    red.mean("policy/kl", ops.masked_mean(kl, mask), n_tok)
+    if ent is not None:
+        red.mean("policy/entropy", ops.masked_mean(ent, mask), n_tok)
