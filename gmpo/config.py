@@ -194,6 +194,11 @@ class GuardConfig:
     webhook_timeout: float = 3.0  # seconds per webhook attempt (one retry at most; failures are logged, never fatal)
     webhook_min_interval: float = 30.0  # seconds between webhook posts; events in between are counted in the next post
 
+    def __post_init__(self):
+        for f in dataclasses.fields(self):  # YAML 1.1 reads a bare `off` as false: treat it as the action 'off'
+            if f.name.endswith("_action") and str(getattr(self, f.name)).lower() == "false":
+                setattr(self, f.name, "off")
+
 
 @dataclass
 class Config:

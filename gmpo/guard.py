@@ -94,7 +94,7 @@ class GradSpike(_Detector):
 
     def check(self, v):
         x = v.get("grad_norm")
-        if not _finite(x):
+        if not _finite(x) or float(x) == 0.0:  # 0: no learning signal (all-equal groups), says nothing of scale
             return None
         x, out = float(x), None
         if len(self.hist) >= self.min_history:
@@ -294,7 +294,10 @@ class Guard:
         self.rollbacks = 0
         self.n_events = 0
         self._seen_step: dict[str, int] = {}  # per-step detector -> step it last ran at
-        self._bad_step = -1  # step at which some detector condition was true
+        self._step_bad = False  # some detector condition was true during the running step
+        self._step_rolled_back = False  # a rollback happened during the running step
+        self._stopping = False  # this guard asked the trainer to stop
+        self._save_pending = False  # a stop decided mid-step: checkpoint at the step's end
 
     # -- hook protocol --------------------------------------------------------------------------
 
@@ -305,6 +308,8 @@ class Guard:
 
     def before_optimizer_step(self, trainer, step: int, stats: dict[str, float]) -> str:
         """Run the pre-update detectors on ``stats``; "skip" when the update must not be applied."""
+        if self._stopping:  # stop takes effect after the running step: apply none of its remaining updates
+            return "skip"
         fired = self._run(trainer, step, stats, pre=True)
         action = self._act(trainer, step, fired, pre=True)
         return "skip" if action in ("skip", "rollback", "stop") else "ok"
@@ -312,8 +317,12 @@ class Guard:
     def on_step_end(self, trainer, step: int, metrics: dict[str, float]) -> None:
         """Run the per-step detectors on ``metrics``; keep a snapshot every ``snapshot_every`` healthy steps."""
         fired = self._run(trainer, step, metrics, pre=False)
-        action = self._act(trainer, step, fired, pre=False)
-        if action in ("rollback", "stop") or self._bad_step == step:
+        self._act(trainer, step, fired, pre=False)
+        if self._save_pending:
+            self._save_for_stop(trainer, step)
+        healthy = not (self._step_bad or self._step_rolled_back or self._stopping)
+        self._step_bad = self._step_rolled_back = False  # the trainer calls on_step_end once per attempted step
+        if not healthy:
             return
         self.healthy_steps += 1
         every = self.cfg.snapshot_every
@@ -338,7 +347,7 @@ class Guard:
             if hit is None:
                 d.active = False
                 continue
-            self._bad_step = step
+            self._step_bad = True
             if d.action == "warn" and d.active:
                 continue  # still in the same episode: reported once already
             d.active = True
@@ -365,10 +374,19 @@ class Guard:
             worst = "stop"
         if worst == "stop":
             names = ", ".join(d.name for d, _ in fired)
-            path = trainer.save_checkpoint()
-            self._console(f"step {step}: stopping ({names}); checkpoint saved to {path}")
             trainer.request_stop(f"guard: {names} at step {step}")
+            self._stopping = True
+            self._save_pending = True
+            if pre:  # mid-step state is not a clean checkpoint: save when the step has ended (on_step_end)
+                self._console(f"step {step}: stopping ({names}) when this step ends; its updates from now on are skipped")
+            else:
+                self._save_for_stop(trainer, step)
         return worst
+
+    def _save_for_stop(self, trainer, step: int) -> None:
+        self._save_pending = False
+        path = trainer.save_checkpoint()
+        self._console(f"step {step}: stopped; checkpoint saved to {path}")
 
     def _rollback(self, trainer, step: int) -> bool:
         """Restore the last good state and scale the learning rate; False when there is nothing to restore."""
@@ -384,7 +402,7 @@ class Guard:
         for d in self.detectors:
             d.active = False
         self._seen_step.clear()  # the restored run replays step numbers: let the detectors see them again
-        self._bad_step = -1
+        self._step_rolled_back = True
         self._console(f"step {step}: rolled back to the {src}; learning rate x{self.cfg.rollback_lr_factor:g} "
                       f"(rollback {self.rollbacks}/{self.cfg.max_rollbacks})")
         return True
@@ -394,7 +412,9 @@ class Guard:
         load = getattr(trainer, "load_last_checkpoint", None)
         if load is None:
             return None, ""
+        mine = self.state_dict()  # loading a checkpoint also loads hook states: keep this guard's own
         got = load()
+        self.load_state_dict(mine)
         if got is None:
             return None, ""
         state, path = got
@@ -429,7 +449,7 @@ class Guard:
         """Windows, counters and the last snapshot step (the snapshot itself is re-taken on resume)."""
         return {"detectors": {d.name: d.state_dict() for d in self.detectors}, "snapshot_step": self.snapshot_step,
                 "healthy_steps": self.healthy_steps, "rollbacks": self.rollbacks, "n_events": self.n_events,
-                "seen_step": dict(self._seen_step), "bad_step": self._bad_step}
+                "seen_step": dict(self._seen_step), "step_bad": self._step_bad}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
@@ -441,7 +461,7 @@ class Guard:
         self.rollbacks = int(state.get("rollbacks", 0))
         self.n_events = int(state.get("n_events", 0))
         self._seen_step = {k: int(v) for k, v in state.get("seen_step", {}).items()}
-        self._bad_step = int(state.get("bad_step", -1))
+        self._step_bad = bool(state.get("step_bad", False))
 
 
 def _json_num(x: float) -> float | str:

@@ -81,14 +81,12 @@ class FakeTrainer:
                      "ratio/token_max": inj.get("ratio_max", 1.1), "ratio/token_min": inj.get("ratio_min", 0.9)}
             self._restored = False
             decisions = [h.before_optimizer_step(self, step, stats) for h in self.hooks]
-            if self._restored:
-                self.optimizer.zero_grad()
-                continue  # rolled back: the restored state carries on
-            if all(d == "ok" for d in decisions):
+            if all(d == "ok" for d in decisions) and not self._restored:
                 self.optimizer.step()
                 self.applied.append(step)
             self.optimizer.zero_grad()
-            self.step = step
+            if not self._restored:  # like gmpo.trainer: a rolled-back step is still logged and ended
+                self.step = step
             metrics = {"loss/value": stats["loss"], "grad/norm": stats["grad_norm"], **self.metrics_fn(step)}
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -169,12 +167,13 @@ def detectors_fired(run_dir):
 def test_grad_spike_needs_history_then_fires(tmp_path):
     g, tr = Guard(cfg(grad_spike_action="skip", grad_spike_z=5.0)), Recorder(tmp_path)
     # a spike at step 2 cannot fire (history 1 < 3); steps 3-5 build history; 50 at step 6 fires
-    seq = [{"grad_norm": x, "loss": 1.0} for x in (1.0, 50.0, 1.1, 0.9, 1.0, 50.0, 1.05)]
+    # zero norms (steps without learning signal) neither fire nor enter the history
+    seq = [{"grad_norm": x, "loss": 1.0} for x in (1.0, 50.0, 0.0, 1.1, 0.9, 0.0, 1.0, 50.0, 1.05)]
     out = feed(g, tr, seq, pre=True)
-    assert out == ["ok", "ok", "ok", "ok", "ok", "skip", "ok"]
+    assert out == ["ok", "ok", "ok", "ok", "ok", "ok", "ok", "skip", "ok"]
     ev = read_alerts(tmp_path)
-    assert [(e["step"], e["detector"], e["action"]) for e in ev] == [(6, "grad_spike", "skip")]
-    # history at step 6: [1, 50, 1.1, .9, 1]: median 1, MAD .1 -> z = 49 / .14826
+    assert [(e["step"], e["detector"], e["action"]) for e in ev] == [(8, "grad_spike", "skip")]
+    # history at step 8: [1, 50, 1.1, .9, 1]: median 1, MAD .1 -> z = 49 / .14826
     assert ev[0]["value"] == pytest.approx(49 / 0.14826, rel=1e-4)
     assert ev[0]["threshold"] == 5.0 and tr.events == 1
 
@@ -266,9 +265,10 @@ def test_injected_grad_spike_rolls_back_to_exact_state(tmp_path):
             assert torch.equal(torch.as_tensor(seen["optim"]["state"][k][name]), torch.as_tensor(v))
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
     assert tr.step == 8 and tr.applied == [1, 2, 3, 4, 5, 6, 7, 8]  # replayed 5 with the smaller lr, went on
-    # nothing written before the rollback point is lost: steps 1-4 logged once, then 5.. after the rollback
+    # nothing written before the rollback point is lost: steps 1-4, the abandoned 5, then the replay
     steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert steps == [1, 2, 3, 4, 5, 5, 6, 7, 8]
+    assert g.snapshot_step == 8 and g.healthy_steps == 8  # the abandoned attempt of step 5 was not healthy
 
 
 def test_forced_ratio_explosion_stops_with_checkpoint(tmp_path):
@@ -277,7 +277,8 @@ def test_forced_ratio_explosion_stops_with_checkpoint(tmp_path):
     tr.train(10)
     assert tr.applied == [1, 2]  # the exploding update was not applied
     assert "ratio_explosion" in tr.stop_reason
-    assert (tmp_path / "checkpoint-2" / "state.pt").is_file()
+    assert (tmp_path / "checkpoint-3" / "state.pt").is_file()  # saved once step 3 ended (skipped update)
+    assert g.before_optimizer_step(tr, 4, {"loss": 1.0, "grad_norm": 1.0}) == "skip"  # stopping: nothing more applies
     assert detectors_fired(tmp_path) == [(3, "ratio_explosion", "stop")]
 
 
@@ -287,7 +288,7 @@ def test_rollback_limit_turns_into_stop(tmp_path):
     tr.train(6)  # step 3 is NaN every time it is replayed: rollback once, then stop
     assert detectors_fired(tmp_path) == [(3, "nonfinite", "rollback"), (3, "nonfinite", "stop")]
     assert tr.stop_reason and tr.applied == [1, 2]
-    assert (tmp_path / "checkpoint-2").is_dir()
+    assert (tmp_path / "checkpoint-3").is_dir()
 
 
 def test_guard_state_survives_resume(tmp_path):
