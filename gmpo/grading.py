@@ -96,15 +96,29 @@ _NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 _DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 
+# "18 dollars", "$1,200 per month", "12 km/h": one number then plain unit words (the first of >= 2
+# letters, so "2 x" stays whole; never pi/e/i or a connective, so "2 pi" and "3 or 4" stay whole and
+# "3 or 4" grades as a set of candidates); no second number
+_NUMBER_UNITS_RE = re.compile(r"\\?\$?\s*(-?\d+(?:,\d{3})*(?:\.\d+)?)\s*([A-Za-z]{2,}[A-Za-z\s/.\-]*)?")
+_NOT_UNITS = {"and", "or", "not", "nor", "plus", "minus", "times", "over", "pi", "e", "i"}
+
+
 def _clean_phrase(s: str) -> str:
     """The answer at the start of ``s`` (the rest of a line after "the answer is")."""
     s = s.strip().strip("*").strip()  # markdown bold: "**Answer:** 5"
     for lo, hi in _DELIMS:
         if s.startswith(lo):
             end = s.find(hi, len(lo))
-            return (s[len(lo):end] if end >= 0 else s[len(lo):]).strip()
+            if end >= 0:
+                return s[len(lo):end].strip()
+            if lo != "$":  # a lone "$" is a currency sign: "$18 per day."
+                return s[len(lo):].strip()
     s = re.split(r"\.(?:\s|$)", s, maxsplit=1)[0]  # end of sentence ("... is 3.5. So ..." -> 3.5)
-    return s.strip().strip("*").rstrip(".,;:!").strip()
+    s = s.strip().strip("*").rstrip(".,;:!").strip()
+    m = _NUMBER_UNITS_RE.fullmatch(s)
+    if m and m.group(2) and not (set(m.group(2).lower().replace("/", " ").split()) & _NOT_UNITS):
+        return m.group(1)
+    return s
 
 
 def extract_answer(text: str | None) -> str | None:

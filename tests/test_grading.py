@@ -41,6 +41,12 @@ def test_extract_boxed(text, expected):
     ("First 12 apples, then 1,500 pears and finally -3.25 kg", "-3.25"),  # last number
     ("She pays 1,500 dollars", "1500"),
     ("no numbers at all", None),
+    ("The answer is $18 per day.", "18"),  # a lone $ is currency; plain unit words dropped
+    ("The answer is 18 dollars.", "18"),
+    ("So the answer is $1,200 per month.", "1,200"),
+    ("The answer is 12 km/h.", "12"),
+    ("The answer is 2 pi.", "2 pi"),  # not a unit: kept whole
+    ("the answer is 3 or 4 apples", "3 or 4 apples"),  # two candidates: kept whole (graded wrong)
     ("<think>maybe 3</think> <answer> 5 </answer>", "5"),  # R1 template
     ("<think>x</think><answer>The answer is $\\frac12$.</answer>", r"\frac12"),
     ("<think>x</think><answer></answer> 7", ""),  # empty answer tag: wrong, no fallback
