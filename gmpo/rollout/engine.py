@@ -185,6 +185,93 @@ def sample_from_logits(
 
 
 # ----------------------------------------------------------------------------------------------------
+# A KV cache that appends in place
+# ----------------------------------------------------------------------------------------------------
+
+
+def _growing_layer_class():
+    """Build the class lazily so importing this module does not import transformers."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A ``DynamicLayer`` that writes new keys/values into a preallocated (B, H, capacity, D) buffer
+        and exposes ``keys``/``values`` as views of its filled part.
+
+        ``DynamicLayer.update`` concatenates, copying the whole cache at every decode step (as much memory
+        traffic as the attention itself); here a step writes only the new token. Attention kernels take
+        the strided views as they are.
+        """
+
+        def __init__(self, capacity: int, **kwargs):
+            super().__init__(**kwargs)
+            self.capacity = capacity
+            self._k = self._v = None  # (B, H, capacity, D) buffers
+            self._len = 0
+
+        def _refresh(self) -> None:
+            self.keys, self.values = self._k[:, :, : self._len], self._v[:, :, : self._len]  # (B, H, len, D) views
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            B, H, S, D = key_states.shape
+            end = self._len + S
+            if self._k is None or end > self._k.shape[2]:  # (re)allocate: once per chunk when capacity is right
+                cap = max(self.capacity, end)
+                k = key_states.new_empty((B, H, cap, D))
+                v = value_states.new_empty((B, value_states.shape[1], cap, value_states.shape[3]))
+                if self._len:
+                    k[:, :, : self._len], v[:, :, : self._len] = self.keys, self.values
+                self._k, self._v = k, v
+            self._k[:, :, self._len : end] = key_states
+            self._v[:, :, self._len : end] = value_states
+            self._len = end
+            self._refresh()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if self._k is not None:
+                self._k, self._v = self._k[indices], self._v[indices]  # one gather of the buffers
+                self._refresh()
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self._k is not None:
+                self._k = self._k.repeat_interleave(repeats, dim=0)
+                self._v = self._v.repeat_interleave(repeats, dim=0)
+                self._refresh()
+
+        def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+            self.batch_select_indices(beam_idx)
+
+        def crop(self, tokens_to_remove: int) -> None:
+            if tokens_to_remove < 0 and self._k is not None:
+                self._len = max(self._len + tokens_to_remove, 0)
+                self._refresh()
+
+        def reset(self) -> None:
+            self._k = self._v = None
+            self._len = 0
+            super().reset()
+
+    return GrowingLayer, DynamicLayer
+
+
+def make_cache(config, capacity: int):
+    """A ``DynamicCache`` for ``config`` whose full-attention layers append in place into buffers of
+    ``capacity`` positions (sliding-window or other special layers keep their own classes)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)  # per-layer types (full / sliding window) from the config
+    growing, dynamic = _growing_layer_class()
+    layers = getattr(cache, "layers", None)
+    if layers:
+        for i, layer in enumerate(layers):
+            if type(layer) is dynamic:
+                layers[i] = growing(capacity)
+    return cache
+
+
+# ----------------------------------------------------------------------------------------------------
 # The engine
 # ----------------------------------------------------------------------------------------------------
 
@@ -199,9 +286,20 @@ class KVCacheEngine:
         decode_batch_size: most rows decoded at once (bounds the KV cache's memory).
         share_prefix: prefill each prompt once and copy its cache to its n rows (False: prefill
             every row; only useful to test that sharing changes nothing).
+        prealloc_cache: append keys/values in place into preallocated buffers (False: the stock
+            ``DynamicCache``, which copies the whole cache at every step; kept for comparison).
     """
 
-    def __init__(self, model, tokenizer, *, bf16: bool = False, decode_batch_size: int = 256, share_prefix: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        bf16: bool = False,
+        decode_batch_size: int = 256,
+        share_prefix: bool = True,
+        prealloc_cache: bool = True,
+    ):
         if decode_batch_size < 1:
             raise ValueError(f"decode_batch_size must be >= 1, got {decode_batch_size}")
         self.model = model
@@ -209,6 +307,7 @@ class KVCacheEngine:
         self.bf16 = bf16
         self.decode_batch_size = decode_batch_size
         self.share_prefix = share_prefix
+        self.prealloc_cache = prealloc_cache
         self._eos = eos_token_ids(model, tokenizer)
         self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
 
@@ -234,7 +333,12 @@ class KVCacheEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            # One autocast region for the whole call: autocast caches each weight's bf16 copy inside a
+            # region, so the weights are cast once per call instead of once per forward (~0.8 GB of memory
+            # traffic per step for a 135M model). That cache only works for tensors that require grad and
+            # is bypassed under inference_mode, so bf16 runs under no_grad instead.
+            grad_off = torch.no_grad() if self.bf16 else torch.inference_mode()
+            with grad_off, self._autocast(device):
                 for rows in self._chunks(prompts, n):
                     self._run_chunk(prompts, n, rows, params, uniforms, tokens, logprobs, lengths, ended, stop, device)
         finally:
@@ -256,15 +360,14 @@ class KVCacheEngine:
             return nullcontext()
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
-    def _forward(self, device, **inputs):
-        """One model forward (under bf16 autocast if asked); returns (last-position logits (B, V), cache)."""
+    def _forward(self, **inputs):
+        """One model forward; returns (last-position logits (B, V), cache)."""
         if self._keep_arg:
             inputs["logits_to_keep"] = 1  # prefill: skip the lm_head for every position but the last
-        with self._autocast(device):
-            out = self.model(use_cache=True, **inputs)
+        out = self.model(use_cache=True, **inputs)
         return out.logits[:, -1, :], out.past_key_values
 
-    def _prefill(self, seqs: list[list[int]], device):
+    def _prefill(self, seqs: list[list[int]], max_new_tokens: int, device):
         """Left-padded forward over ``seqs``; returns (logits (B, V), cache, attention mask (B, L),
         next positions (B,))."""
         from transformers import DynamicCache
@@ -275,9 +378,11 @@ class KVCacheEngine:
         attn = torch.tensor([[0] * (L - len(s)) + [1] * len(s) for s in seqs], dtype=torch.long, device=device)
         pos = (attn.cumsum(-1) - 1).clamp_(min=0)  # (B, L): real tokens at 0..len-1 after the left padding
         # Cost: one forward over B x L tokens (the lm_head only at the last position).
-        logits, cache = self._forward(
-            device, input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=DynamicCache()
-        )
+        if self.prealloc_cache:  # room for the prompt and every new token: no reallocation while decoding
+            cache = make_cache(self.model.config, capacity=L + max_new_tokens)
+        else:
+            cache = DynamicCache(config=self.model.config)
+        logits, cache = self._forward(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache)
         return logits, cache, attn, attn.sum(-1)
 
     def _run_chunk(self, prompts, n, rows, params, uniforms, tokens, logprobs, lengths, ended, stop, device):
@@ -287,13 +392,13 @@ class KVCacheEngine:
         if self.share_prefix:
             distinct = list(dict.fromkeys(pidx))  # each prompt prefilled once
             slot = {p: k for k, p in enumerate(distinct)}
-            logits, cache, attn, pos = self._prefill([prompts[p] for p in distinct], device)
+            logits, cache, attn, pos = self._prefill([prompts[p] for p in distinct], T, device)
             expand = torch.tensor([slot[p] for p in pidx], device=device)  # (R,) row -> its prompt's slot
             # Prefix sharing: copy each prompt's cache to its rows. Cost: one gather of R x L cache entries.
             cache.batch_select_indices(expand)
             logits, attn, pos = logits[expand], attn[expand], pos[expand]
         else:
-            logits, cache, attn, pos = self._prefill([prompts[p] for p in pidx], device)
+            logits, cache, attn, pos = self._prefill([prompts[p] for p in pidx], T, device)
 
         active = torch.tensor(rows)  # (R,) global row of each live batch row (host)
         u_chunk = uniforms[active]  # (R, T)
@@ -331,6 +436,6 @@ class KVCacheEngine:
                     history = [history[i] for i in keep.tolist()]
             attn = torch.cat([attn, ones], dim=-1)  # (R, L + t + 1)
             logits, cache = self._forward(
-                device, input_ids=tok[:, None], attention_mask=attn, position_ids=pos[:, None], past_key_values=cache
+                input_ids=tok[:, None], attention_mask=attn, position_ids=pos[:, None], past_key_values=cache
             )
             pos = pos + 1
