@@ -127,8 +127,18 @@ def score(batch: RolloutBatch, runner, *, zero_truncated: bool, overlong=None) -
     if overlong is not None:
         total = total + overlong(batch.lengths)
     batch.rewards = total
-    batch.per_fn = {k: v.detach().float().cpu() for k, v in res.per_fn.items()}
+    names = short_names(list(res.per_fn))
+    batch.per_fn = {names[k]: v.detach().float().cpu() for k, v in res.per_fn.items()}
     return int(res.n_errors)
+
+
+def short_names(names: list[str]) -> dict[str, str]:
+    """Metric-friendly reward names: 'path/to/file.py:fn' and 'pkg.mod:fn' become 'fn' (when unique)."""
+    short = {n: n.rsplit(":", 1)[-1] if ":" in n else n for n in names}
+    counts = {}
+    for v in short.values():
+        counts[v] = counts.get(v, 0) + 1
+    return {n: (s if counts[s] == 1 else n) for n, s in short.items()}
 
 
 def sample_records(batch: RolloutBatch, k: int) -> list[dict]:
