@@ -163,6 +163,7 @@ def _norm(s: str) -> str:
     s = s.strip().strip("$").strip()
     s = re.sub(r"\\[,;:! ]|\\left|\\right|\s+", "", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").rstrip(".")
+    s = re.sub(r"_\{([A-Za-z0-9])\}", r"_\1", s)  # E_{1} -> E_1
     return s
 
 
@@ -187,14 +188,33 @@ def _unwrap(s: str) -> str:
     return s
 
 
+_E_NOTATION = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([-+]?\d+)")
+_TIMES_TEN = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))(?:\\times|\\cdot|\*|x)10\^\{?([-+]?\d+)\}?")
+
+
 def _as_number(s: str) -> float | None:
-    """``s`` as a float if it is a plain (optionally thousands-separated) number, else None."""
+    """``s`` as a float if it is a plain number: "1,234", "-0.5", "8.7e8", "8.7 \\times 10^{8}"; else None."""
     s = _norm(s)
     if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "")
     if _PLAIN_NUM.fullmatch(s):
         return float(s)
+    m = _E_NOTATION.fullmatch(s) or _TIMES_TEN.fullmatch(s)
+    if m:
+        try:
+            return float(m.group(1)) * 10.0 ** int(m.group(2))
+        except OverflowError:
+            return None
     return None
+
+
+def _latex_fixups(s: str) -> str:
+    """Rewrite what math-verify's LaTeX parser misreads: "8.7e8" -> "8.7 \\times 10^{8}" (a bare "e"
+    is Euler's number) and "-3./2" -> "-3/2" (a decimal point with no digits after it)."""
+    m = _E_NOTATION.fullmatch(_norm(s))
+    if m:
+        return f"{m.group(1)} \\times 10^{{{int(m.group(2))}}}"
+    return re.sub(r"(\d)\.(?!\d)", r"\1", s)
 
 
 def _gold_text(gold: float | int) -> str:
@@ -426,7 +446,7 @@ def verify(pred: str | None, gold: str | float | int | list, timeout: float = 5.
     p, g = _as_number(pred), _as_number(gold)
     if p is not None and g is not None:
         return _numbers_equal(p, g)
-    return _POOL.call(pred, gold, float(timeout))
+    return _POOL.call(_latex_fixups(pred), _latex_fixups(gold), float(timeout))
 
 
 @dataclass(frozen=True)

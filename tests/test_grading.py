@@ -86,6 +86,13 @@ def test_extract_answer(text, expected):
     (r"\textbf{(073)}", "073", True),  # AIME's bold answer-choice style
     ("**5**", "5", True),
     (r"\textbf{}", "1", False),
+    ("8.7e8", r"8.7 \times 10^{8}", True),  # e-notation is not Euler's e (Minerva)
+    ("8.8e8", r"8.7 \times 10^{8}", False),
+    ("1e-3", r"10^{-3}", True),
+    ("7e37", r"7 \times 10^{37}", True),
+    ("-1./3", r"-\frac{1}{3}", True),
+    ("E_{1},E_{2}", "E_1, E_2", True),
+    ("x_{1}", "x_2", False),
 ])
 def test_verify(pred, gold, ok):
     assert verify(pred, gold) is ok
