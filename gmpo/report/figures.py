@@ -48,15 +48,22 @@ def _colors(algos: list[str]) -> dict[str, str]:
 
 
 def _plain_log_labels(ax) -> None:
-    """Log-axis tick labels as plain numbers (0.6, 1, 20), minor ones only when the axis spans < 2 decades."""
+    """Log-axis tick labels as plain numbers (0.5, 1, 20); minor ticks labelled only where they fit:
+    all of them below ~0.7 decades, the 2x and 5x ones up to ~2.5 decades, none beyond."""
     import math
 
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter
 
-    fmt = FuncFormatter(lambda v, _: f"{v:g}")
-    ax.yaxis.set_major_formatter(fmt)
     lo, hi = ax.get_ylim()
-    ax.yaxis.set_minor_formatter(fmt if lo > 0 and math.log10(hi / lo) < 2 else NullFormatter())
+    span = math.log10(hi / lo) if lo > 0 and hi > lo else 99.0
+
+    def minor(v, _):
+        mant = round(v / 10 ** math.floor(math.log10(v) + 1e-9), 6) if v > 0 else 0
+        keep = span < 0.7 or (span < 2.5 and mant in (2.0, 5.0))
+        return f"{v:g}" if keep else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def plot_metric(runs: list[Run], key: str, path: str | Path, title: str, ylabel: str, logy: bool = False) -> bool:
