@@ -76,6 +76,18 @@ def run_config(config_path: str | Path | None, overrides: list[str], algo: str, 
                                      f"train.output_dir={run_dir}", "train.resume=auto"])
 
 
+def on_policy_note(cfg: Config) -> str | None:
+    """A warning when every rollout batch gets a single optimizer step (all token ratios are exactly 1)."""
+    n = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    updates = cfg.train.ppo_epochs * -(-n // (cfg.train.mini_batch_size or n))
+    if updates > 1:
+        return None
+    return (f"one optimizer step per rollout batch (train.mini_batch_size={cfg.train.mini_batch_size or n} of {n} "
+            f"completions, ppo_epochs={cfg.train.ppo_epochs}): every token ratio is 1, so GMPO and GRPO "
+            f"(seq-mean-token-mean) have the same gradient and the comparison cannot separate them; set "
+            f"train.mini_batch_size below {n} or train.ppo_epochs > 1 (the paper: 8 updates per rollout batch)")
+
+
 def _fingerprint(cfg: Config) -> dict:
     """The config minus the keys that legitimately differ between invocations of the same run."""
     d = to_dict(cfg)
@@ -111,6 +123,9 @@ def run_compare(config_path: str | Path | None, algos: list[str], seeds: list[in
     cfgs = {}
     for (algo, seed), rd in zip(plan, res.run_dirs):  # resolve every config first: a bad key fails before any training
         cfgs[rd] = run_config(config_path, overrides, algo, seed, rd)
+    on_policy = on_policy_note(cfgs[res.run_dirs[0]]) if len(algos) > 1 else None
+    if on_policy:
+        log(f"[compare] warning: {on_policy}")
     for i, ((algo, seed), rd) in enumerate(zip(plan, res.run_dirs), start=1):
         cfg, name = cfgs[rd], run_name(algo, seed)
         done = rd / DONE_FILE
@@ -141,6 +156,8 @@ def run_compare(config_path: str | Path | None, algos: list[str], seeds: list[in
     label = " vs ".join(a.upper() for a in algos)
     notes = [f"Recipe: {config_path or '(defaults)'}" + (f" with overrides {' '.join(overrides)}" if overrides else "")
              + f"; seeds {', '.join(map(str, seeds))}; every algorithm saw the same prompts for a given seed."]
+    if on_policy:
+        notes.append("Warning: " + on_policy)
     stopped = [rd.name for rd in finished if json.loads((rd / DONE_FILE).read_text()).get("stop_reason")]
     if stopped:
         notes.append(f"Stopped early by the guard: {', '.join(stopped)}.")

@@ -21,7 +21,6 @@ import math
 import statistics
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections import deque
 from pathlib import Path
@@ -252,7 +251,7 @@ class Webhook:
                 self.sent += 1
                 self.suppressed = 0
                 return True
-            except (urllib.error.URLError, OSError, ValueError) as e:  # HTTPError is a URLError
+            except Exception as e:  # noqa: BLE001 - URLError/HTTPError, timeouts, http.client errors: never fatal
                 err = e
         self.failed += 1
         log.warning("guard webhook %s failed: %s", self.url, err)

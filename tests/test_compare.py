@@ -45,6 +45,7 @@ def test_compare_cli_end_to_end(tmp_path, tiny_model_dir, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "| gmpo | 1 |" in text and "| grpo | 1 |" in text and "[compare 2/2] grpo-s0: training" in text
+    assert "warning: one optimizer step per rollout batch" in text  # on-policy: GMPO and GRPO gradients coincide
     for name in ("gmpo-s0", "grpo-s0"):
         rd = out / "runs" / name
         done = json.loads((rd / DONE_FILE).read_text())
