@@ -187,7 +187,7 @@ class GuardConfig:
     truncated_max: float = 0.95  # blow-up when rollout/truncated_frac exceeds this (1.0 = never)
     no_signal_action: str = "warn"  # no learning signal (reward/frac_zero_std == 1, every group all-equal): off | warn | skip | rollback | stop
     min_history: int = 10  # steps (optimizer steps for gradient spikes) a windowed detector needs before it can fire
-    snapshot_every: int = 10  # keep an in-memory snapshot of the last good state every N healthy steps (0 = roll back to the last checkpoint on disk)
+    snapshot_every: int = 10  # with a rollback action: keep an in-memory snapshot of the last good state every N healthy steps (0 = roll back to the last checkpoint on disk)
     rollback_lr_factor: float = 0.5  # multiply the learning rate by this after each rollback
     max_rollbacks: int = 3  # a rollback beyond this many stops the run (with a checkpoint) instead
     webhook_url: str = ""  # POST every event as JSON to this URL ('' = off)

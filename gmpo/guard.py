@@ -285,6 +285,8 @@ class Guard:
             NoSignal(cfg.no_signal_action),
         ]
         self.detectors = [d for d in self.detectors if d.action != "off"]
+        # in-memory snapshots cost a copy of weights + optimizer state: keep them only if a rollback can happen
+        self.keep_snapshots = cfg.snapshot_every > 0 and any(d.action == "rollback" for d in self.detectors)
         self.webhook = webhook or (Webhook(cfg.webhook_url, cfg.webhook_timeout, cfg.webhook_min_interval)
                                    if cfg.webhook_url else None)
         self.snapshot: dict | None = None  # last good in-memory state (never saved: re-taken after resume)
@@ -302,7 +304,7 @@ class Guard:
 
     def on_train_start(self, trainer) -> None:
         """Take the first in-memory snapshot (the state training starts or resumes from)."""
-        if self.cfg.snapshot_every > 0:
+        if self.keep_snapshots:
             self.snapshot, self.snapshot_step = trainer.snapshot(), int(trainer.step)
 
     def before_optimizer_step(self, trainer, step: int, stats: dict[str, float]) -> str:
@@ -324,8 +326,7 @@ class Guard:
         if not healthy:
             return
         self.healthy_steps += 1
-        every = self.cfg.snapshot_every
-        if every > 0 and self.healthy_steps % every == 0:
+        if self.keep_snapshots and self.healthy_steps % self.cfg.snapshot_every == 0:
             self.snapshot, self.snapshot_step = trainer.snapshot(), int(step)
 
     # -- detection ------------------------------------------------------------------------------

@@ -291,6 +291,17 @@ def test_rollback_limit_turns_into_stop(tmp_path):
     assert (tmp_path / "checkpoint-3").is_dir()
 
 
+def test_snapshots_only_when_a_rollback_is_configured(tmp_path):
+    g = Guard(cfg(snapshot_every=1))  # no detector rolls back
+    tr = FakeTrainer(tmp_path, [g])
+    tr.train(3)
+    assert g.snapshot is None and not g.keep_snapshots
+    g = Guard(cfg(snapshot_every=1, reward_action="rollback"))
+    tr = FakeTrainer(tmp_path / "b", [g])
+    tr.train(3)
+    assert g.snapshot["step"] == 3
+
+
 def test_guard_state_survives_resume(tmp_path):
     seq = [{"grad_norm": 1.0 + 0.01 * i, "loss": 1.0} for i in range(8)] + [{"grad_norm": 30.0, "loss": 1.0}]
     a, ta = Guard(cfg(grad_spike_action="skip", grad_spike_z=5.0)), Recorder(tmp_path / "a")
