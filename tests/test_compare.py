@@ -40,8 +40,10 @@ def test_parse_algos_and_seeds():
 
 def test_compare_cli_end_to_end(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", "--algos", "gmpo,grpo", "--seeds", "1", "--out", str(out), "--target-reward", "0.2",
-            "--smooth", "1", *tiny_overrides(tiny_model_dir)]
+    ov = tiny_overrides(tiny_model_dir)
+    # options before, between and after the overrides (the documented `gmpo compare CONFIG --algos ... k=v` form)
+    args = ["compare", "--algos", "gmpo,grpo", *ov[:3], "--seeds", "1", "--out", str(out), "--target-reward", "0.2",
+            *ov[3:], "--smooth", "1"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "| gmpo | 1 |" in text and "| grpo | 1 |" in text and "[compare 2/2] grpo-s0: training" in text
@@ -71,7 +73,7 @@ def test_compare_cli_end_to_end(tmp_path, tiny_model_dir, capsys):
     else:
         assert "screenshot skipped: Chromium is not installed" in text
     # the same --out with another config is refused
-    assert main(args[:-1] + ["guard.length_action=warn", "train.steps=3"]) == 2
+    assert main(args + ["train.steps=3"]) == 2
     assert "different config" in capsys.readouterr().err
 
 
@@ -117,10 +119,11 @@ def test_bad_arguments(tmp_path, capsys):
     assert "no finished runs" in capsys.readouterr().err
 
 
-def test_help_documents_every_option(capsys):
+@pytest.mark.parametrize("argv", [["compare", "--help"], ["compare", "my.yaml", "--seeds", "2", "--help"]])
+def test_help_documents_every_option(argv, capsys):
     with pytest.raises(SystemExit):
-        main(["compare", "--help"])
+        main(argv)
     text = capsys.readouterr().out
     for opt in ("--algos", "--seeds", "--out", "--target-reward", "--smooth", "--title", "--screenshot", "--report-only",
-                "key=value", "Resumable"):
+                "key=value", "Resumable", "same\ngradient"):
         assert opt in text

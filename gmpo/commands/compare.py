@@ -11,6 +11,10 @@ from its newest checkpoint, so set train.save_every=N for long runs. Asking for 
 different config is an error, not a silent mix. Settings under algorithm.* in the recipe (eps_low, eps_high,
 reduction, ...) apply to every algorithm; leave them unset to get each algorithm's own preset.
 
+With one optimizer step per rollout batch every token ratio is 1 and GMPO and GRPO have the same
+gradient: compare off-policy updates (train.mini_batch_size below the rollout batch, or train.ppo_epochs > 1;
+a warning says so). Set eval.every=N for a held-out accuracy curve (otherwise: start and end only).
+
 The report (<out>/report/): report.md (the table), figures/*.png (reward and held-out accuracy, per-step
 min/max token ratio on a log scale, entropy, KL, gradient norm, loss; mean over seeds with a min-max band)
 and index.html (self-contained, works offline). --screenshot renders it with headless Chromium into
@@ -24,11 +28,7 @@ import sys
 from gmpo.config import ConfigError
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of `gmpo compare`."""
-    parser.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
-                        help="a YAML recipe (optional; defaults otherwise) followed by key.path=value overrides "
-                             "applied to every run (see `gmpo train --help` for the keys)")
+def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algos", default="gmpo,grpo",
                         help="comma-separated algorithms: gmpo, grpo, gspo, dr_grpo, dapo (default: gmpo,grpo)")
     parser.add_argument("--seeds", default="3",
@@ -47,12 +47,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train nothing: rebuild the report from the finished runs under --out")
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `gmpo compare` (options may come before, between or after CONFIG and the overrides)."""
+    _add_options(parser)
+    # REMAINDER: everything from the first positional on, options included; run() re-parses it intermixed
+    parser.add_argument("items", nargs=argparse.REMAINDER, metavar="CONFIG.yaml | key=value",
+                        help="a YAML recipe (optional; defaults otherwise) followed by key.path=value overrides "
+                             "applied to every run (see `gmpo train --help` for the keys)")
+    parser.set_defaults(_compare_parser=parser)
+
+
+def _reparse(args: argparse.Namespace) -> argparse.Namespace:
+    """Options given after CONFIG (swallowed by REMAINDER) parsed together with the positional items."""
+    if any(a in ("-h", "--help") for a in args.items):
+        args._compare_parser.print_help()
+        raise SystemExit(0)
+    p = argparse.ArgumentParser(prog="gmpo compare", add_help=False)
+    _add_options(p)
+    p.add_argument("items", nargs="*")
+    p.set_defaults(**{k: v for k, v in vars(args).items() if k != "items"})
+    return p.parse_intermixed_args(args.items)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `gmpo compare`."""
     from gmpo.commands.train import split_items
     from gmpo.compare import parse_algos, parse_seeds, run_compare
     from gmpo.config import load_config
 
+    args = _reparse(args)
     try:
         path, overrides = split_items(args.items)
         base = load_config(path, overrides)  # validates the recipe and overrides before anything runs
