@@ -125,5 +125,5 @@ def test_help_documents_every_option(argv, capsys):
         main(argv)
     text = capsys.readouterr().out
     for opt in ("--algos", "--seeds", "--out", "--target-reward", "--smooth", "--title", "--screenshot", "--report-only",
-                "key=value", "Resumable", "same\ngradient"):
+                "key=value", "Resumable", "every token ratio is 1"):
         assert opt in text
