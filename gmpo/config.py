@@ -274,6 +274,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if isinstance(value, bool):  # YAML reads true/false/yes/no as booleans; str fields want the word
+            return "true" if value else "false"
         return "" if value is None else str(value)
     return value
 
