@@ -66,10 +66,14 @@ class HFGenerateEngine:
         finally:
             self.model.train(was_training)
 
-        gen = out.sequences[:, L:].cpu()  # (N, T') generated part; T' <= max_new_tokens
-        raw = torch.stack(out.logits, dim=1).float().cpu()  # (N, T', V) unprocessed logits
+        gen = out.sequences[:, L:]  # (N, T') generated part; T' <= max_new_tokens
         temp = 1.0 if greedy else params.temperature
-        lp = torch.log_softmax(raw / temp, dim=-1).gather(-1, gen[..., None]).squeeze(-1)  # (N, T')
+        # out.logits: T' tensors (N, V) of unprocessed logits; one step at a time, so no (N, T', V) float32 copy.
+        lp = torch.stack(
+            [torch.log_softmax(step.float() / temp, -1).gather(-1, gen[:, t, None]).squeeze(-1) for t, step in enumerate(out.logits)],
+            dim=1,
+        ).cpu()  # (N, T')
+        gen = gen.cpu()
         # Where each row really ends: the first EOS, or the step its decoded text first holds a stop string.
         stop = StopChecker(self.tokenizer, params.stop)
         N, Tg = gen.shape
