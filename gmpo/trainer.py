@@ -126,7 +126,10 @@ class Trainer:
         """Gradient checkpointing, LoRA and the reference policy (only when beta != 0)."""
         mc = self.cfg.model
         if mc.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         ref = None
         if self.spec.needs_reference and not mc.lora.enabled:
             ref = copy.deepcopy(model).eval().requires_grad_(False)  # frozen initial policy

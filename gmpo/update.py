@@ -87,8 +87,9 @@ class PolicyForward:
     def __call__(self, model, mb: MicroBatch, entropy: bool = False):
         """(logp (b, Tc) float32, entropy (b, Tc) float32 or None); differentiable unless under no_grad."""
         key = id(model)
-        if key not in self._keep_arg:
-            self._keep_arg[key] = "logits_to_keep" in inspect.signature(model.forward).parameters
+        if key not in self._keep_arg:  # a peft wrapper forwards **kwargs to the base model: ask the base
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            self._keep_arg[key] = "logits_to_keep" in inspect.signature(base.forward).parameters
         kw = {"logits_to_keep": mb.input_ids.shape[1] - mb.start} if self._keep_arg[key] else {}
         with self.autocast(mb.input_ids.device):
             logits = model(input_ids=mb.input_ids, use_cache=False, **kw).logits  # (b, K, V)

@@ -231,3 +231,48 @@ def test_kl_reference_only_with_beta(tmp_path, tok):
     m = tr2.train_step(1)
     assert m["reward/kl_penalty"] == pytest.approx(0.0, abs=1e-5)  # the policy is still the reference
     assert m["policy/kl"] == pytest.approx(0.0, abs=1e-5)
+
+
+def _grad_of_first_update(tr):
+    batch, _, _ = tr._collect(1)
+    tr._prepare(batch, __import__("gmpo.telemetry.collector", fromlist=["StepMetrics"]).StepMetrics())
+    tr.model.train()
+    old = OldLogp(batch.rollout_logp, batch.mask, "auto")
+    accumulate_minibatch(tr.model, tr.forward, batch, torch.arange(batch.n), 4, tr.spec.loss_fn, tr.spec.loss_kwargs,
+                         tr.spec.reduction, tr.spec.norm_len, old, None, Reducer(), want_entropy=True)
+    return torch.cat([p.grad.reshape(-1) for p in tr.params])
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tmp_path, tok):
+    plain = _grad_of_first_update(make_trainer(tmp_path, tok))
+    ckpt = _grad_of_first_update(make_trainer(tmp_path, tok, model={"gradient_checkpointing": True}))
+    assert plain.abs().sum() > 0
+    torch.testing.assert_close(ckpt, plain, rtol=1e-4, atol=1e-7)
+
+
+def test_bf16_autocast_step_runs(tmp_path, tok):
+    tr = make_trainer(tmp_path, tok, train={"bf16": "true"})
+    assert tr.bf16 and tr.forward.bf16
+    from gmpo.telemetry.sinks import SamplesWriter
+
+    tr.samples, tr.peak_flops = SamplesWriter(tmp_path / "s.jsonl", 0), 1e12
+    before = weights(tr.model)
+    m = tr.train_step(1)
+    assert math.isfinite(m["loss/value"]) and m["grad/norm"] > 0
+    assert next(tr.model.parameters()).dtype == torch.float32  # master weights stay fp32
+    assert any(not torch.equal(before[k], v) for k, v in weights(tr.model).items())
+
+
+def test_lora_trains_only_adapters(tmp_path, tok):
+    tr = make_trainer(tmp_path, tok, model={"lora": {"enabled": True, "r": 4, "target_modules": ["q_proj", "v_proj"]}},
+                      algorithm={"beta": 0.05})
+    assert tr.ref_model is None  # the reference is the base model with adapters disabled
+    from gmpo.telemetry.sinks import SamplesWriter
+
+    tr.samples, tr.peak_flops = SamplesWriter(tmp_path / "s.jsonl", 0), 1e12
+    frozen = {n: p.detach().clone() for n, p in tr.model.named_parameters() if not p.requires_grad}
+    lora_b = {n: p.detach().clone() for n, p in tr.model.named_parameters() if "lora_B" in n}
+    m = tr.train_step(1)
+    assert m["policy/kl"] == pytest.approx(0.0, abs=1e-6)  # lora_B starts at 0: policy == reference
+    assert all(torch.equal(frozen[n], p) for n, p in tr.model.named_parameters() if n in frozen)
+    assert any(not torch.equal(lora_b[n], p) for n, p in tr.model.named_parameters() if n in lora_b)
