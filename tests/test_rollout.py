@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gmpo.rollout import BACKENDS, Rollout, RolloutEngine, SamplingParams, make_engine
-from gmpo.rollout.engine import KVCacheEngine, sample_from_logits
+from gmpo.rollout.engine import KVCacheEngine, inverse_cdf, sample_from_logits
 from gmpo.rollout.hf import HFGenerateEngine
 from gmpo.testing import tiny_model
 
@@ -82,11 +82,34 @@ def test_sample_from_logits_inverse_cdf_by_hand():
     assert tok.tolist() == [0] * 4 and torch.allclose(lp, torch.log(torch.tensor(0.5)).expand(4))
 
 
+@pytest.mark.parametrize("block", [1, 2, 3, 256])
+def test_inverse_cdf_by_hand_any_block_size(block):
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.3, 0.5, 0.0]]).repeat(7, 1)  # cdf 0 .2 .2 .5 1 1
+    u = torch.tensor([0.0, 0.1999, 0.2, 0.49, 0.5, 0.99, 1.0 - 1e-8])
+    assert inverse_cdf(probs, u, block=block).tolist() == [1, 1, 3, 3, 4, 4, 4]
+    # unnormalised mass works the same; a row whose mass sits in one late block
+    assert inverse_cdf(probs * 10, u, block=block).tolist() == [1, 1, 3, 3, 4, 4, 4]
+    late = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 2.0]])
+    assert inverse_cdf(late, torch.tensor([0.0]), block=block).tolist() == [5]
+    assert inverse_cdf(late, torch.tensor([1.0 - 1e-8]), block=block).tolist() == [5]
+
+
 def test_sample_frequencies_follow_probabilities():
     probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
     u = (torch.arange(1000) + 0.5) / 1000  # evenly spread uniforms
     tok, _ = sample_from_logits(torch.log(probs).expand(1000, 4), u, temperature=1.0)
     assert torch.bincount(tok, minlength=4).tolist() == [100, 0, 600, 300]
+
+
+
+def test_inverse_cdf_many_blocks_matches_probabilities():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(1000, generator=g) * (torch.rand(1000, generator=g) > 0.5)  # half the vocabulary masked
+    u = (torch.arange(20000) + 0.5) / 20000
+    tok = inverse_cdf(probs.expand(20000, 1000), u, block=64)  # 16 blocks, the last one padded
+    counts = torch.bincount(tok, minlength=1000).float()
+    expected = probs / probs.sum() * 20000
+    assert torch.all((counts - expected).abs() <= 1.0 + 1e-3) and counts[probs == 0].sum() == 0
 
 
 # ---- the engine against references --------------------------------------------------------------------

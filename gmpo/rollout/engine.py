@@ -147,6 +147,33 @@ def finalize(
     )
 
 
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """(R,) index of the first entry of each row whose cumulative mass exceeds ``u * row total``.
+
+    ``probs`` (R, K) non-negative, unnormalised; ``u`` (R,) in [0, 1). The pick always has positive
+    mass. Two levels, because a sequential cumsum over a 50k vocabulary is the slowest op of a
+    sampling step: block sums (one vectorised pass over (R, K)), a cumsum over the K/block sums, then a
+    cumsum inside the one chosen block per row.
+    """
+    R, K = probs.shape
+    nb = -(-K // block)
+    if nb * block != K:
+        probs = torch.nn.functional.pad(probs, (0, nb * block - K))  # zero mass is never picked
+    blocks = probs.view(R, nb, block)  # (R, nb, block)
+    bsum = blocks.sum(-1)  # (R, nb)
+    bcdf = bsum.cumsum(-1)  # (R, nb)
+    total = bcdf[:, -1:]  # (R, 1)
+    # v < total strictly, so the first block with bcdf > v exists and has positive mass.
+    v = torch.minimum(u[:, None].to(bcdf) * total, torch.nextafter(total, torch.zeros_like(total)))
+    b = torch.searchsorted(bcdf, v, right=True).clamp_(max=nb - 1)  # (R, 1) chosen block
+    rest = (v - (bcdf.gather(-1, b) - bsum.gather(-1, b))).clamp_(min=0)  # (R, 1) mass still to cover in it
+    inner = blocks[torch.arange(R, device=probs.device), b.squeeze(-1)]  # (R, block)
+    j = torch.searchsorted(inner.cumsum(-1), rest, right=True)  # (R, 1)
+    # rounding can push j past the block's last positive entry (or into a zero tail): clamp back
+    last = ((inner > 0) * torch.arange(block, device=probs.device)).amax(-1, keepdim=True)  # (R, 1)
+    return (b * block + torch.minimum(j, last)).squeeze(-1)
+
+
 def sample_from_logits(
     logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,16 +185,13 @@ def sample_from_logits(
     mass (the order HF uses), then an inverse-CDF lookup of ``u`` in the kept probabilities.
     Cost: a few passes over (R, V); a sort of (R, V) only when top-p is on without top-k.
     """
-    logits = logits.float()
-    greedy = temperature == 0
-    logp_all = torch.log_softmax(logits if greedy else logits / temperature, dim=-1)  # (R, V)
-    if greedy:
+    logits = logits.float()  # (R, V)
+    if temperature == 0:  # greedy
         tok = logits.argmax(-1)  # (R,)
-        return tok, logp_all.gather(-1, tok[:, None]).squeeze(-1)
-    probs = logp_all.exp()  # (R, V)
-    ids = None  # candidate ids when probs is a (sorted) subset of the vocabulary
-    vocab = probs.shape[-1]
-    if 0 < top_k < vocab:
+        return tok, logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+    probs_all = torch.softmax(logits if temperature == 1 else logits / temperature, dim=-1)  # (R, V)
+    probs, ids = probs_all, None  # ids: candidate token ids when probs is a sorted subset of the vocabulary
+    if 0 < top_k < probs.shape[-1]:
         probs, ids = probs.topk(top_k, dim=-1)  # (R, k), sorted descending
     elif top_p < 1.0:
         probs, ids = probs.sort(dim=-1, descending=True)  # (R, V)
@@ -175,13 +199,10 @@ def sample_from_logits(
         probs = probs / probs.sum(-1, keepdim=True)
         before = probs.cumsum(-1) - probs  # mass of the strictly more likely candidates
         probs = probs * (before < top_p)  # keep the smallest prefix with mass >= top_p (>= 1 token)
-    cdf = probs.cumsum(-1)  # (R, K); constant over filtered (zero) entries
-    total = cdf[:, -1:]
-    # v < total strictly, so the first index with cdf > v always has positive probability.
-    v = torch.minimum(u[:, None].to(cdf) * total, torch.nextafter(total, torch.zeros_like(total)))
-    j = torch.searchsorted(cdf, v, right=True).clamp_(max=cdf.shape[-1] - 1)  # (R, 1)
-    tok = (ids.gather(-1, j) if ids is not None else j).squeeze(-1)
-    return tok, logp_all.gather(-1, tok[:, None]).squeeze(-1)
+    j = inverse_cdf(probs, u)  # (R,)
+    tok = ids.gather(-1, j[:, None]).squeeze(-1) if ids is not None else j
+    # log of the softmax entry: within ~1e-7 of log_softmax, and positive by construction of the pick
+    return tok, probs_all.gather(-1, tok[:, None]).squeeze(-1).log()
 
 
 # ----------------------------------------------------------------------------------------------------
