@@ -156,6 +156,22 @@ def test_seed_reproducible_and_distinct(lm, tok, prompts):
     assert len(set(a.texts[:4])) == 4
 
 
+@pytest.mark.parametrize("backend", ["engine", "hf"])
+def test_unseeded_calls_follow_the_global_rng(lm, tok, prompts, backend):
+    eng = make_engine(backend, lm, tok)
+    params = SamplingParams(n=2, max_new_tokens=8)  # seed=None
+    torch.manual_seed(123)
+    a, b = eng.generate(prompts, params), eng.generate(prompts, params)
+    torch.manual_seed(123)
+    a2 = eng.generate(prompts, params)
+    assert a.texts != b.texts and a.texts == a2.texts
+    torch.manual_seed(5)
+    eng.generate(prompts, SamplingParams(n=2, max_new_tokens=8, seed=1))  # a seeded call
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(1))  # seeded calls leave the global stream alone
+
+
 def test_top_k_one_equals_greedy(lm, tok, prompts):
     eng = KVCacheEngine(lm, tok)
     greedy = eng.generate(prompts, SamplingParams(n=1, max_new_tokens=12, temperature=0))

@@ -343,12 +343,16 @@ class KVCacheEngine:
         P, n, T = len(prompts), params.n, params.max_new_tokens
         N = P * n
         device = next(self.model.parameters()).device
-        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
-        uniforms = torch.rand((N, T), generator=gen)  # (N, T): row r's draw at step t, whatever the batching
-        tokens = torch.full((N, T), pad_token_id(self.tokenizer), dtype=torch.long)  # (N, T) filled per step
-        logprobs = torch.zeros((N, T), dtype=torch.float32)  # (N, T)
-        lengths = torch.zeros(N, dtype=torch.long)  # (N,)
-        ended = torch.zeros(N, dtype=torch.bool)  # (N,) stopped on EOS / stop string
+        # Unseeded calls draw their seed from the global generator: reproducible under torch.manual_seed,
+        # and the global stream moves on, so two unseeded calls differ.
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)))
+        gen = torch.Generator().manual_seed(seed)
+        uniforms = torch.rand((N, T), generator=gen).to(device)  # (N, T): row r's draw at step t, whatever the batching
+        # Output buffers live on the model's device, so a decode step never waits on a host copy.
+        tokens = torch.full((N, T), pad_token_id(self.tokenizer), dtype=torch.long, device=device)  # (N, T)
+        logprobs = torch.zeros((N, T), dtype=torch.float32, device=device)  # (N, T)
+        lengths = torch.zeros(N, dtype=torch.long, device=device)  # (N,)
+        ended = torch.zeros(N, dtype=torch.bool, device=device)  # (N,) stopped on EOS / stop string
         stop = StopChecker(self.tokenizer, params.stop)
 
         was_training = self.model.training
@@ -421,42 +425,39 @@ class KVCacheEngine:
         else:
             logits, cache, attn, pos = self._prefill([prompts[p] for p in pidx], T, device)
 
-        active = torch.tensor(rows)  # (R,) global row of each live batch row (host)
+        R = len(rows)
+        active = torch.tensor(rows, device=device)  # (R,) global row of each live batch row
         u_chunk = uniforms[active]  # (R, T)
         eos = torch.tensor(self._eos, dtype=torch.long, device=device)
         history: list[list[int]] = [[] for _ in rows] if stop else []  # per live row, for stop strings
-        ones = torch.ones((len(rows), 1), dtype=attn.dtype, device=device)
+        # The attention mask for every step, preallocated: prompt part, then ones for the new tokens.
+        L = attn.shape[1]
+        attn = torch.cat([attn, attn.new_ones((R, T))], dim=-1)  # (R, L + T); step t sees [:, : L + t + 1]
         for t in range(T):
-            tok, lp = sample_from_logits(
-                logits, u_chunk[:, t].to(device), params.temperature, params.top_k, params.top_p
-            )  # (R,), (R,)
-            tokens[active, t] = tok.cpu()
-            logprobs[active, t] = lp.float().cpu()
-            done = torch.isin(tok, eos).cpu() if len(self._eos) else torch.zeros(len(active), dtype=torch.bool)
+            tok, lp = sample_from_logits(logits, u_chunk[:, t], params.temperature, params.top_k, params.top_p)  # (R,)
+            tokens[active, t] = tok
+            logprobs[active, t] = lp
+            done = torch.isin(tok, eos)  # (R,) bool
             if stop:
                 for h, tid in zip(history, tok.tolist()):
                     h.append(tid)
-                done |= torch.tensor(stop.hits(history))
+                done |= torch.tensor(stop.hits(history), device=device)
             if t == T - 1:
                 lengths[active] = T
                 ended[active] = done
                 break
-            if done.any():  # finished rows leave the batch: later steps run on the rest only
-                finished = active[done]
-                lengths[finished] = t + 1
-                ended[finished] = True
-                keep = (~done).nonzero().squeeze(-1)  # (R',) host
+            if done.any():  # finished rows leave the batch: later steps run on the rest only (a host sync)
+                lengths[active[done]] = t + 1
+                ended[active[done]] = True
+                keep = (~done).nonzero().squeeze(-1)  # (R',)
                 if keep.numel() == 0:
                     break
-                keep_dev = keep.to(device)
-                # Cost: a gather over every layer's cache (the same order as one step's cache append).
-                cache.batch_select_indices(keep_dev)
-                attn, pos, tok, ones = attn[keep_dev], pos[keep_dev], tok[keep_dev], ones[keep_dev]
-                active, u_chunk = active[keep], u_chunk[keep]
+                # Cost: one gather of every layer's cache buffers (about one step's attention reads).
+                cache.batch_select_indices(keep)
+                attn, pos, tok, active, u_chunk = attn[keep], pos[keep], tok[keep], active[keep], u_chunk[keep]
                 if stop:
                     history = [history[i] for i in keep.tolist()]
-            attn = torch.cat([attn, ones], dim=-1)  # (R, L + t + 1)
             logits, cache = self._forward(
-                input_ids=tok[:, None], attention_mask=attn, position_ids=pos[:, None], past_key_values=cache
+                input_ids=tok[:, None], attention_mask=attn[:, : L + t + 1], position_ids=pos[:, None], past_key_values=cache
             )
             pos = pos + 1

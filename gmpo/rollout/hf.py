@@ -55,8 +55,12 @@ class HFGenerateEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                if params.seed is not None:
+            # A seeded call samples from a forked global RNG (same seed, same samples; the caller's stream is
+            # untouched); an unseeded one consumes the global stream like any other sampler.
+            seeded = params.seed is not None
+            fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seeded)
+            with fork:
+                if seeded:
                     torch.manual_seed(params.seed)
                 autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
                 with torch.inference_mode(), autocast:
