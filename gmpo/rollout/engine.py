@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 
@@ -297,6 +298,25 @@ def make_cache(config, capacity: int):
 # ----------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Outputs:
+    """Per-call output buffers, on the model's device so a decode step never waits on a host copy."""
+
+    tokens: torch.Tensor  # (N, T) long, pad where nothing was sampled
+    logprobs: torch.Tensor  # (N, T) float32
+    lengths: torch.Tensor  # (N,) long
+    ended: torch.Tensor  # (N,) bool: stopped on EOS / a stop string
+
+    @classmethod
+    def empty(cls, N: int, T: int, pad: int, device) -> "_Outputs":
+        return cls(
+            tokens=torch.full((N, T), pad, dtype=torch.long, device=device),
+            logprobs=torch.zeros((N, T), dtype=torch.float32, device=device),
+            lengths=torch.zeros(N, dtype=torch.long, device=device),
+            ended=torch.zeros(N, dtype=torch.bool, device=device),
+        )
+
+
 class KVCacheEngine:
     """Batched KV-cache sampler with prompt-prefix sharing (see the module docstring).
 
@@ -348,11 +368,7 @@ class KVCacheEngine:
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)))
         gen = torch.Generator().manual_seed(seed)
         uniforms = torch.rand((N, T), generator=gen).to(device)  # (N, T): row r's draw at step t, whatever the batching
-        # Output buffers live on the model's device, so a decode step never waits on a host copy.
-        tokens = torch.full((N, T), pad_token_id(self.tokenizer), dtype=torch.long, device=device)  # (N, T)
-        logprobs = torch.zeros((N, T), dtype=torch.float32, device=device)  # (N, T)
-        lengths = torch.zeros(N, dtype=torch.long, device=device)  # (N,)
-        ended = torch.zeros(N, dtype=torch.bool, device=device)  # (N,) stopped on EOS / stop string
+        out = _Outputs.empty(N, T, pad_token_id(self.tokenizer), device)
         stop = StopChecker(self.tokenizer, params.stop)
 
         was_training = self.model.training
@@ -365,10 +381,10 @@ class KVCacheEngine:
             grad_off = torch.no_grad() if self.bf16 else torch.inference_mode()
             with grad_off, self._autocast(device):
                 for rows in self._chunks(prompts, n):
-                    self._run_chunk(prompts, n, rows, params, uniforms, tokens, logprobs, lengths, ended, stop, device)
+                    self._run_chunk(prompts, n, rows, params, uniforms, out, stop, device)
         finally:
             self.model.train(was_training)
-        return finalize(prompts, n, tokens, logprobs, lengths, ended, self.tokenizer, stop)
+        return finalize(prompts, n, out.tokens, out.logprobs, out.lengths, out.ended, self.tokenizer, stop)
 
     # -- internals -------------------------------------------------------------------------------------
 
@@ -388,7 +404,7 @@ class KVCacheEngine:
     def _forward(self, **inputs):
         """One model forward; returns (last-position logits (B, V), cache)."""
         if self._keep_arg:
-            inputs["logits_to_keep"] = 1  # prefill: skip the lm_head for every position but the last
+            inputs["logits_to_keep"] = 1  # prefill: the lm_head runs on the last position only
         out = self.model(use_cache=True, **inputs)
         return out.logits[:, -1, :], out.past_key_values
 
@@ -410,8 +426,8 @@ class KVCacheEngine:
         logits, cache = self._forward(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache)
         return logits, cache, attn, attn.sum(-1)
 
-    def _run_chunk(self, prompts, n, rows, params, uniforms, tokens, logprobs, lengths, ended, stop, device):
-        """Prefill and decode one chunk of global rows, writing into the (N, T) output buffers."""
+    def _run_chunk(self, prompts, n, rows, params, uniforms, out: "_Outputs", stop: StopChecker, device):
+        """Prefill and decode one chunk of global rows (``rows``), writing into ``out``."""
         T = params.max_new_tokens
         pidx = [r // n for r in rows]  # prompt of each row
         if self.share_prefix:
@@ -435,20 +451,20 @@ class KVCacheEngine:
         attn = torch.cat([attn, attn.new_ones((R, T))], dim=-1)  # (R, L + T); step t sees [:, : L + t + 1]
         for t in range(T):
             tok, lp = sample_from_logits(logits, u_chunk[:, t], params.temperature, params.top_k, params.top_p)  # (R,)
-            tokens[active, t] = tok
-            logprobs[active, t] = lp
+            out.tokens[active, t] = tok
+            out.logprobs[active, t] = lp
             done = torch.isin(tok, eos)  # (R,) bool
             if stop:
                 for h, tid in zip(history, tok.tolist()):
                     h.append(tid)
                 done |= torch.tensor(stop.hits(history), device=device)
             if t == T - 1:
-                lengths[active] = T
-                ended[active] = done
+                out.lengths[active] = T
+                out.ended[active] = done
                 break
             if done.any():  # finished rows leave the batch: later steps run on the rest only (a host sync)
-                lengths[active[done]] = t + 1
-                ended[active[done]] = True
+                out.lengths[active[done]] = t + 1
+                out.ended[active[done]] = True
                 keep = (~done).nonzero().squeeze(-1)  # (R',)
                 if keep.numel() == 0:
                     break
