@@ -9,7 +9,8 @@ Workloads (GSM8K test questions in the model's chat template, from ../shared/dat
 each in float32 and under bf16 autocast. Both sides decode all rows as one batch; HF ``generate`` gets
 the prompts already expanded to their rows (it has no prefix sharing) and its fastest plain call (no
 scores kept). Throughput counts real completion tokens (up to and including EOS). Runs alternate
-engine / HF so both see the same machine load; the median of ``--reps`` runs is reported.
+engine / HF so both see the same machine load, each after waiting for other processes to quiet down
+(``--max-busy``); the median of ``--reps`` runs is reported.
 Appends a dated section to benchmarks/RESULTS.md (created if absent).
 """
 from __future__ import annotations
@@ -103,6 +104,36 @@ def engine_generate(engine, prompts, params):
     return time.perf_counter() - t0, int(r.lengths.sum()), r
 
 
+def busy_cores(seconds: float = 1.0) -> float:
+    """CPU cores busy (all processes) over ``seconds``, from /proc/stat; call it while this process idles."""
+    def read():
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = read()
+        time.sleep(seconds)
+        t1, i1 = read()
+    except OSError:
+        return float("nan")
+    return (1 - (i1 - i0) / max(t1 - t0, 1)) * (os.cpu_count() or 1)
+
+
+def wait_for_quiet(max_busy: float, timeout: float) -> float:
+    """Sleep until other processes use < ``max_busy`` cores (or ``timeout`` s pass); return the last reading.
+
+    On a shared machine an oversubscribed 2-thread OpenMP matmul slows down several-fold, which would
+    drown the comparison; waiting for a quiet moment before each measured run keeps it fair.
+    """
+    deadline = time.time() + timeout
+    busy = busy_cores()
+    while busy > max_busy and time.time() < deadline:
+        time.sleep(4)
+        busy = busy_cores()
+    return busy
+
+
 def machine() -> str:
     cpu = platform.processor() or "cpu"
     try:
@@ -128,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--quick", action="store_true", help="small workloads (smoke run)")
     ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    ap.add_argument("--max-busy", type=float, default=0.5, help="wait until other processes use fewer cores than this")
+    ap.add_argument("--max-wait", type=float, default=120.0, help="longest wait (s) for that before each measured run")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -151,10 +184,12 @@ def main(argv=None) -> int:
             engine = KVCacheEngine(model, tok, bf16=bf16, decode_batch_size=256)
             engine.generate(prompts[:2], SamplingParams(n=2, max_new_tokens=4, seed=0))  # warm-up
             hf_generate(model, tok, prompts[:2], SamplingParams(n=2, max_new_tokens=4, seed=0), bf16)
-            e_rates, h_rates, e_secs, h_secs, same = [], [], [], [], None
+            e_rates, h_rates, e_secs, h_secs, same, busy = [], [], [], [], None, []
             for _ in range(args.reps):
+                busy.append(wait_for_quiet(args.max_busy, args.max_wait))
                 s, n_tok, r = engine_generate(engine, prompts, params)
                 e_rates.append(n_tok / s), e_secs.append(s)
+                busy.append(wait_for_quiet(args.max_busy, args.max_wait))
                 s, n_tok, gen = hf_generate(model, tok, prompts, params, bf16)
                 h_rates.append(n_tok / s), h_secs.append(s)
                 if params.temperature == 0:  # greedy: do the two agree token for token?
@@ -166,27 +201,28 @@ def main(argv=None) -> int:
                 "workload": label, "dtype": "bf16 autocast" if bf16 else "fp32", "rows": P * params.n,
                 "engine_tok_s": e, "hf_tok_s": h, "speedup": e / h,
                 "engine_s": statistics.median(e_secs), "hf_s": statistics.median(h_secs),
-                "greedy_rows_identical": same,
+                "greedy_rows_identical": same, "others_busy_cores": max(busy),
             }
             rows.append(row)
             print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     load_end = os.getloadavg()[0]
 
+    command = " ".join([".venv/bin/python benchmarks/rollout_vs_hf.py", *(sys.argv[1:] if argv is None else argv)])
     lines = [
         f"## Rollout: KV-cache engine vs HF generate ({dt.datetime.now().strftime('%Y-%m-%d %H:%M')})",
         "",
-        f"- command: `.venv/bin/python benchmarks/rollout_vs_hf.py{' --quick' if args.quick else ''} --reps {args.reps} --threads {args.threads}`",
+        f"- command: `{command}`",
         f"- model: {model_name}; prompts: GSM8K test questions in the chat template",
         f"- machine: {machine()}; load average {load_start:.1f} at start, {load_end:.1f} at end (shared machine)",
         "",
-        "| workload | dtype | rows | engine tok/s | HF generate tok/s | speedup | engine s | HF s | greedy rows identical |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| workload | dtype | rows | engine tok/s | HF generate tok/s | speedup | engine s | HF s | greedy rows identical | max cores busy before a run |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         same = "-" if r["greedy_rows_identical"] is None else f"{r['greedy_rows_identical']}/{r['rows']}"
         lines.append(
             f"| {r['workload']} | {r['dtype']} | {r['rows']} | {r['engine_tok_s']:.0f} | {r['hf_tok_s']:.0f} | "
-            f"{r['speedup']:.2f}x | {r['engine_s']:.1f} | {r['hf_s']:.1f} | {same} |"
+            f"{r['speedup']:.2f}x | {r['engine_s']:.1f} | {r['hf_s']:.1f} | {same} | {r['others_busy_cores']:.2f} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)
