@@ -116,9 +116,11 @@ class Trainer:
         self.eval_after: float | None = None
         self.stop_reason: str | None = None
         self._restored = False
+        self._saved_step = -1
         self.resumed_from = checkpoint.find_checkpoint(tc.resume, self.run_dir)
         if self.resumed_from is not None:
             checkpoint.load(self, self.resumed_from)
+            self._saved_step = self.step
 
     # -- setup ---------------------------------------------------------------------------------------
 
@@ -155,7 +157,9 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint of the current state under ``run_dir/checkpoints``; returns its directory."""
-        return checkpoint.save(self, self.run_dir / "checkpoints", self.cfg.train.keep_checkpoints)
+        path = checkpoint.save(self, self.run_dir / "checkpoints", self.cfg.train.keep_checkpoints)
+        self._saved_step = self.step
+        return path
 
     def load_last_checkpoint(self) -> tuple[dict, Path] | None:
         """The newest checkpoint on disk as a snapshot for :meth:`restore` (None if there is none)."""
@@ -239,7 +243,7 @@ class Trainer:
                 se = cfg.train.save_every
                 if not self._restored and se and self.step % se == 0 and self.step < cfg.train.steps:
                     self.save_checkpoint()
-            if self.step > 0:
+            if self.step > 0 and self._saved_step != self.step:
                 self.save_checkpoint()
         finally:
             self.sinks.close()
@@ -267,7 +271,8 @@ class Trainer:
                    "perf/mfu": flops / max(t2 - t1, 1e-9) / self.peak_flops,
                    "guard/events": self.events, "optim/lr": self.optimizer.param_groups[0]["lr"]})
         metrics = sm.resolve()  # the single host transfer of the step
-        metrics.update(self.tracker.update(metrics))
+        # a step a hook rolled back does not enter the (restored) stability window
+        metrics.update(self.tracker.compute() if self._restored else self.tracker.update(metrics))
         self.samples.write(step, scoring.sample_records(batch, self.cfg.log.samples_per_step))
         return metrics
 
@@ -305,7 +310,8 @@ class Trainer:
                 break
         if kept:
             batch = scoring.concat(kept)
-            batch = batch.first_groups(min(P, len(batch.items)))
+            if len(batch.items) > P:
+                batch = batch.first_groups(P)
         else:  # dynamic sampling found no informative group: train on the last round (zero advantages)
             batch = seen[-1]
         roll["groups"] = len(batch.items)

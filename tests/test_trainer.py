@@ -276,3 +276,41 @@ def test_lora_trains_only_adapters(tmp_path, tok):
     assert m["policy/kl"] == pytest.approx(0.0, abs=1e-6)  # lora_B starts at 0: policy == reference
     assert all(torch.equal(frozen[n], p) for n, p in tr.model.named_parameters() if n in frozen)
     assert any(not torch.equal(lora_b[n], p) for n, p in tr.model.named_parameters() if n in lora_b)
+
+
+class RollbackHook(Hook):
+    """Restores the start-of-training snapshot during step 2's optimizer step, once, and halves the lr."""
+
+    def __init__(self):
+        self.snap, self.done, self.ends = None, False, []
+
+    def on_train_start(self, trainer):
+        self.snap = trainer.snapshot()
+
+    def before_optimizer_step(self, trainer, step, stats):
+        if step == 2 and not self.done:
+            self.done = True
+            trainer.restore(self.snap)
+            trainer.scale_lr(0.5)
+            trainer.events += 1
+            return "skip"
+        return "ok"
+
+    def on_step_end(self, trainer, step, metrics):
+        self.ends.append((step, trainer.step))
+
+
+def test_rollback_inside_a_step_replays_from_the_snapshot(tmp_path, tok):
+    import json
+
+    hook = RollbackHook()
+    tr = make_trainer(tmp_path, tok, hooks=[hook], train={"steps": 3}, eval={"at_start": False, "at_end": False})
+    out = tr.train()
+    assert out["steps"] == 3 and tr.step == 3
+    assert hook.ends == [(1, 1), (2, 0), (1, 1), (2, 2), (3, 3)]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 1, 2, 3]
+    assert records[1]["optim/skipped"] == 1.0 and records[3]["optim/skipped"] == 0.0
+    assert records[2]["guard/events"] == 1.0
+    assert records[2]["reward/mean"] == records[0]["reward/mean"]  # same data and seeds after the rollback
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-2)
