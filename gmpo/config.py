@@ -141,6 +141,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
     resume: str = ""  # '' | 'auto' (latest in output_dir) | a checkpoint directory
     recompute_old_logp: str = "auto"  # auto (only when the policy moved since sampling) | always | never
+    share_prompt_forward: bool = True  # run each prompt once per micro-batch and reuse its KV cache for its completions (off with gradient checkpointing)
     reward_errors: str = "raise"  # raise: stop naming function and sample | zero: score 0 and count them
 
 

@@ -34,6 +34,7 @@ class RolloutBatch:
     per_fn: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,) raw reward of each function
     advantages: torch.Tensor | None = None  # (N,) float32 on the device
     ref_logp: torch.Tensor | None = None  # (N, T) reference-policy log-probs (beta > 0 only)
+    share_prompt: bool = False  # run each distinct prompt once per micro-batch (see gmpo.update.SharedPrompt)
 
     @property
     def n(self) -> int:
@@ -45,8 +46,9 @@ class RolloutBatch:
         return self.mask.device
 
     def micro_batch(self, rows: torch.Tensor) -> MicroBatch:
-        """Rows `rows` assembled for one training forward (right-padded to their own max length)."""
-        return build_micro_batch(self.prompt_ids, self.completion_ids, self.lengths, rows.cpu(), self.pad_id, self.device)
+        """Rows `rows` assembled for one training forward (padded to their own max lengths)."""
+        return build_micro_batch(self.prompt_ids, self.completion_ids, self.lengths, rows.cpu(), self.pad_id, self.device,
+                                 self.group_size if self.share_prompt else 0)
 
     def select_groups(self, keep: torch.Tensor) -> "RolloutBatch":
         """The batch restricted to the groups where `keep` (P,) is True."""

@@ -258,6 +258,7 @@ class Trainer:
         batch, seen, roll = self._collect(step)
         t1 = time.perf_counter()
         sm = StepMetrics()
+        batch.share_prompt = self.cfg.train.share_prompt_forward and not self.cfg.model.gradient_checkpointing
         flops = self._prepare(batch, sm)
         flops += self._update(batch, step, sm)
         if self.device.type == "cuda":
@@ -366,11 +367,13 @@ class Trainer:
         self.model.train()
         red = Reducer()
         gen = torch.Generator().manual_seed(seeding.derive_seed(tc.seed, "shuffle", step))
-        lengths = batch.lengths + torch.tensor([len(p) for p in batch.prompt_ids])
+        # order inside a mini-batch: by prompt length, then prompt (groups stay together), then completion length
+        key = (torch.tensor([len(p) for p in batch.prompt_ids]) * (N + 1) + torch.arange(N) // batch.group_size) \
+            * (batch.mask.shape[1] + 1) + batch.lengths
         n_updates = 0
         for epoch in range(tc.ppo_epochs):
             for rows in torch.randperm(N, generator=gen).split(self.mini_batch_size):
-                rows = rows[torch.argsort(lengths[rows], stable=True)]  # similar lengths share micro-batches
+                rows = rows[torch.argsort(key[rows], stable=True)]  # similar rows share micro-batches
                 loss, tokens, ratio = accumulate_minibatch(
                     self.model, self.forward, batch, rows, micro, spec.loss_fn, spec.loss_kwargs, spec.reduction,
                     spec.norm_len, old, batch.ref_logp, red, want_entropy=epoch == 0)

@@ -29,37 +29,73 @@ LOGP_AGREE_TOL = 1e-3  # max |rollout logp - training logp| (nats/token) for rol
 
 @dataclass
 class MicroBatch:
-    """One forward's worth of completions, laid out for a sliced-logits forward.
+    """One forward's worth of completions in one of two layouts.
 
-    input_ids (b, L): prompt+completion, right-padded to this micro-batch's longest row. The forward keeps
-    logits for positions start..L-1 (K = L - start of them); labels (b, K) hold the next token at
-    completion positions and -100 elsewhere; gather (b, Tc) maps completion token t of row i to its
-    column in the kept logits. rows (b,): indices into the rollout batch; Tc: longest completion here.
+    Plain (``shared is None``): input_ids (b, L) = prompt+completion, right-padded to this micro-batch's
+    longest row; the forward keeps logits for positions start..L-1 (K = L - start of them); labels (b, K)
+    hold the next token at completion positions and -100 elsewhere; gather (b, Tc) maps completion token
+    t of row i to its column in the kept logits.
+    Shared prompt (``shared`` set): see :class:`SharedPrompt`.
+    rows (b,): indices into the rollout batch; Tc: longest completion here.
     """
 
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    gather: torch.Tensor
-    start: int
     rows: torch.Tensor
     Tc: int
-    n_tokens: int  # real (non-pad) tokens in the forward, for FLOP accounting
+    n_tokens: int  # real (non-pad) tokens run through the model, for FLOP accounting
+    input_ids: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    gather: torch.Tensor | None = None
+    start: int = 0
+    shared: "SharedPrompt | None" = None
+
+
+@dataclass
+class SharedPrompt:
+    """Each distinct prompt of a micro-batch runs once; its KV cache is then indexed out to its rows.
+
+    prompt_ids / prompt_attn / prompt_pos (U, Lp): the U distinct prompts, left-padded; expand (b,): the
+    prompt slot of each row; comp_ids (b, Tc) right-padded completions, comp_pos (b, Tc) their positions;
+    labels (b, Tc): completion tokens, -100 past each completion's end. Gradients reach the prompt's
+    activations through the cache, so the result equals the plain layout's (up to float rounding).
+    """
+
+    prompt_ids: torch.Tensor
+    prompt_attn: torch.Tensor
+    prompt_pos: torch.Tensor
+    expand: torch.Tensor
+    comp_ids: torch.Tensor
+    comp_pos: torch.Tensor
+    labels: torch.Tensor
+
+
+SHARE_MIN_SAVING = 0.2  # use the shared-prompt layout when it runs at least 20% fewer token positions
 
 
 def build_micro_batch(prompt_ids: list[list[int]], completion_ids: torch.Tensor, lengths: torch.Tensor,
-                      rows: torch.Tensor, pad_id: int, device: torch.device) -> MicroBatch:
-    """Assemble rows `rows` of a rollout batch (prompt_ids per row, completion_ids (N, T), lengths (N,))."""
+                      rows: torch.Tensor, pad_id: int, device: torch.device, group_size: int = 0) -> MicroBatch:
+    """Assemble rows `rows` of a rollout batch (prompt_ids per row, completion_ids (N, T), lengths (N,)).
+
+    With ``group_size > 0`` (rows group-major: row i belongs to prompt i // group_size), rows that share
+    a prompt get the shared-prompt layout when it saves at least SHARE_MIN_SAVING of the positions run.
+    """
     r = rows.tolist()
     lens = lengths[rows].tolist()
     Tc = max(max(lens), 1)
     plens = [len(prompt_ids[i]) for i in r]
-    L = max(p + c for p, c in zip(plens, lens))
-    L = max(L, min(plens) + Tc)
-    comp = completion_ids[rows, :Tc].tolist()
+    L = max(max(p + c for p, c in zip(plens, lens)), min(plens) + Tc)
+    comp = completion_ids[rows, :Tc]  # (b, Tc)
+    if group_size > 0:
+        slots = list(dict.fromkeys(i // group_size for i in r))  # distinct prompts, first-seen order
+        first_row = {i // group_size: i for i in reversed(r)}
+        Lp = max(plens)
+        if len(slots) * Lp + len(r) * Tc <= (1 - SHARE_MIN_SAVING) * len(r) * L:
+            return _shared_micro_batch(prompt_ids, comp, lens, rows, r, slots, first_row, group_size, Lp, Tc,
+                                       pad_id, device)
     ids = torch.full((len(r), L), pad_id, dtype=torch.long)
+    comp_l = comp.tolist()
     for k, (i, p, c) in enumerate(zip(r, plens, lens)):
         ids[k, :p] = torch.tensor(prompt_ids[i], dtype=torch.long)
-        ids[k, p:p + c] = torch.tensor(comp[k][:c], dtype=torch.long)
+        ids[k, p:p + c] = torch.tensor(comp_l[k][:c], dtype=torch.long)
     start = min(plens) - 1  # first position whose logits predict a completion token
     K = L - start
     labels = torch.full((len(r), K), -100, dtype=torch.long)  # (b, K)
@@ -69,8 +105,31 @@ def build_micro_batch(prompt_ids: list[list[int]], completion_ids: torch.Tensor,
         cols = (p - 1 - start) + t  # logits column predicting completion token t
         gather[k] = cols.clamp(max=K - 1)
         labels[k, cols[:c]] = ids[k, p:p + c]
-    return MicroBatch(ids.to(device), labels.to(device), gather.to(device), start, rows.to(device), Tc,
-                      n_tokens=sum(plens) + sum(lens))
+    return MicroBatch(rows.to(device), Tc, sum(plens) + sum(lens), ids.to(device), labels.to(device),
+                      gather.to(device), start)
+
+
+def _shared_micro_batch(prompt_ids, comp, lens, rows, r, slots, first_row, G, Lp, Tc, pad_id, device) -> MicroBatch:
+    U = len(slots)
+    p_ids = torch.full((U, Lp), pad_id, dtype=torch.long)  # (U, Lp) left-padded
+    p_attn = torch.zeros((U, Lp), dtype=torch.long)
+    p_len = []
+    for u, s in enumerate(slots):
+        ids = prompt_ids[first_row[s]]
+        p_ids[u, Lp - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        p_attn[u, Lp - len(ids):] = 1
+        p_len.append(len(ids))
+    p_pos = (p_attn.cumsum(-1) - 1).clamp(min=0)  # (U, Lp)
+    slot_of = {s: u for u, s in enumerate(slots)}
+    expand = torch.tensor([slot_of[i // G] for i in r], dtype=torch.long)  # (b,)
+    plen = torch.tensor(p_len)[expand]  # (b,)
+    comp_pos = plen[:, None] + torch.arange(Tc)[None]  # (b, Tc)
+    valid = torch.arange(Tc)[None] < torch.tensor(lens)[:, None]
+    comp_ids = torch.where(valid, comp, torch.full_like(comp, pad_id))
+    labels = torch.where(valid, comp, torch.full_like(comp, -100))
+    shared = SharedPrompt(p_ids.to(device), p_attn.to(device), p_pos.to(device), expand.to(device),
+                          comp_ids.to(device), comp_pos.to(device), labels.to(device))
+    return MicroBatch(rows.to(device), Tc, sum(p_len) + sum(lens), shared=shared)
 
 
 class PolicyForward:
@@ -84,24 +143,53 @@ class PolicyForward:
         """bf16 autocast context for the forward when enabled."""
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
-    def __call__(self, model, mb: MicroBatch, entropy: bool = False):
-        """(logp (b, Tc) float32, entropy (b, Tc) float32 or None); differentiable unless under no_grad."""
+    def _keeps(self, model) -> bool:
         key = id(model)
         if key not in self._keep_arg:  # a peft wrapper forwards **kwargs to the base model: ask the base
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             self._keep_arg[key] = "logits_to_keep" in inspect.signature(base.forward).parameters
-        kw = {"logits_to_keep": mb.input_ids.shape[1] - mb.start} if self._keep_arg[key] else {}
+        return self._keep_arg[key]
+
+    def __call__(self, model, mb: MicroBatch, entropy: bool = False):
+        """(logp (b, Tc) float32, entropy (b, Tc) float32 or None); differentiable unless under no_grad."""
+        parts = self._shared(model, mb) if mb.shared is not None else self._plain(model, mb)
+        logp = torch.cat([ops.token_logprobs(lg, lb, self.temperature, self.chunk_size) for lg, lb in parts], 1)
+        ent = None
+        if entropy:
+            with torch.no_grad():
+                ent = torch.cat([ops.token_entropy(lg.detach(), self.chunk_size, self.temperature) for lg, _ in parts], 1)
+        if mb.shared is None:
+            logp = logp.gather(1, mb.gather)  # (b, Tc)
+            ent = ent.gather(1, mb.gather) if ent is not None else None
+        return logp, ent
+
+    def _plain(self, model, mb: MicroBatch):
+        """One forward over prompt+completion; logits only from the first completion-predicting position."""
+        kw = {"logits_to_keep": mb.input_ids.shape[1] - mb.start} if self._keeps(model) else {}
         with self.autocast(mb.input_ids.device):
             logits = model(input_ids=mb.input_ids, use_cache=False, **kw).logits  # (b, K, V)
         if not kw:
             logits = logits[:, mb.start:]
-        logp = ops.token_logprobs(logits, mb.labels, self.temperature, self.chunk_size)  # (b, K) float32
-        logp = logp.gather(1, mb.gather)  # (b, Tc)
-        ent = None
-        if entropy:
-            with torch.no_grad():
-                ent = ops.token_entropy(logits.detach(), self.chunk_size, self.temperature).gather(1, mb.gather)
-        return logp, ent
+        return [(logits, mb.labels)]
+
+    def _shared(self, model, mb: MicroBatch):
+        """Prompt forward once per distinct prompt (cache kept, with its graph), then the completions."""
+        sp = mb.shared
+        kw = {"logits_to_keep": 1} if self._keeps(model) else {}
+        with self.autocast(sp.prompt_ids.device):
+            out = model(input_ids=sp.prompt_ids, attention_mask=sp.prompt_attn, position_ids=sp.prompt_pos,
+                        use_cache=True, **kw)  # cost: U x Lp positions instead of b x Lp
+        first = out.logits[:, -1:][sp.expand]  # (b, 1, V): predicts completion token 0
+        parts = [(first, sp.labels[:, :1])]
+        if mb.Tc > 1:
+            cache = out.past_key_values
+            cache.batch_select_indices(sp.expand)  # each row gets its prompt's keys/values (differentiable)
+            attn = torch.cat([sp.prompt_attn[sp.expand], torch.ones_like(sp.comp_ids[:, :-1])], 1)  # (b, Lp+Tc-1)
+            with self.autocast(sp.prompt_ids.device):
+                rest = model(input_ids=sp.comp_ids[:, :-1], attention_mask=attn, position_ids=sp.comp_pos[:, :-1],
+                             past_key_values=cache, use_cache=False).logits  # (b, Tc-1, V)
+            parts.append((rest, sp.labels[:, 1:]))
+        return parts
 
 
 def split_rows(rows: torch.Tensor, micro_batch_size: int) -> list[torch.Tensor]:

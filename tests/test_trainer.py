@@ -314,3 +314,27 @@ def test_rollback_inside_a_step_replays_from_the_snapshot(tmp_path, tok):
     assert records[2]["guard/events"] == 1.0
     assert records[2]["reward/mean"] == records[0]["reward/mean"]  # same data and seeds after the rollback
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-2)
+
+
+def test_shared_prompt_forward_matches_plain(tmp_path, tok):
+    """Running each prompt once and reusing its KV cache gives the plain forward's log-probs and gradient."""
+    tr = make_trainer(tmp_path, tok, rollout={"group_size": 4, "prompts_per_step": 2})
+    batch, _, _ = tr._collect(1)
+    batch.lengths = torch.tensor([8, 3, 5, 1, 7, 2, 6, 4])
+    batch.mask = (torch.arange(batch.mask.shape[1])[None] < batch.lengths[:, None]).float()
+    batch.completion_ids = torch.where(batch.mask.bool(), batch.completion_ids, tok.pad_token_id)
+    batch.advantages = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    spec = tr.spec
+    results = []
+    for share in (False, True):
+        batch.share_prompt = share
+        mb = batch.micro_batch(torch.arange(8))
+        assert (mb.shared is not None) == share
+        tr.model.zero_grad(set_to_none=True)
+        logp, ent = tr.forward(tr.model, mb, entropy=True)
+        out = spec.loss_fn(logp, logp.detach() - 0.1, batch.advantages, batch.mask[:, : mb.Tc], **spec.loss_kwargs)
+        out.loss.backward()
+        results.append((logp * batch.mask, ent * batch.mask, torch.cat([p.grad.reshape(-1) for p in tr.params])))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert mb.n_tokens < sum(len(p) for p in batch.prompt_ids) + int(batch.lengths.sum())
