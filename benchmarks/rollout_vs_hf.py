@@ -88,7 +88,9 @@ def hf_generate(model, tok, prompts, params, bf16: bool):
     model.eval()
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
     t0 = time.perf_counter()
-    with torch.inference_mode(), ctx:
+    # generate runs under its own no_grad; no inference_mode here, which would switch off autocast's
+    # weight-cast cache and make HF recast every weight at every step (HF at its fastest)
+    with ctx:
         out = model.generate(input_ids=ids, attention_mask=attn, generation_config=cfg)
     seconds = time.perf_counter() - t0
     gen = out[:, L:]

@@ -63,7 +63,8 @@ class HFGenerateEngine:
                 if seeded:
                     torch.manual_seed(params.seed)
                 autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
-                with torch.inference_mode(), autocast:
+                # generate runs under no_grad itself; inference_mode would disable autocast's weight-cast cache
+                with autocast:
                     out = self.model.generate(
                         input_ids=ids, attention_mask=attn, generation_config=cfg, tokenizer=self.tokenizer
                     )
