@@ -121,13 +121,13 @@ def _clean_phrase(s: str) -> str:
     return s
 
 
-def extract_answer(text: str | None) -> str | None:
+def extract_answer(text: str | None, *, last_number: bool = True) -> str | None:
     """The final answer of a completion.
 
     Order: the last ``\\boxed{}`` (an empty box gives ``""``, which grades wrong); else the content of
     the last ``<answer>...</answer>`` (R1 template; an unclosed tag runs to the end); else the text after
     the last "answer is" / "Answer:" / "Final Answer:" / "####" up to the end of that sentence or
-    ``$...$`` span; else the last number in the text; else ``None``.
+    ``$...$`` span; else (if ``last_number``) the last number in the text; else ``None``.
     """
     if not text:
         return None
@@ -145,7 +145,7 @@ def extract_answer(text: str | None) -> str | None:
         ans = _clean_phrase(line)
         if ans:
             return ans
-    nums = _NUMBER_RE.findall(text)
+    nums = _NUMBER_RE.findall(text) if last_number else []
     if nums:
         return nums[-1].replace(",", "")
     return None
@@ -486,14 +486,17 @@ def strip_question_echo(completion: str, question: str) -> str:
     return text if removed else completion
 
 
-def grade(completion: str, gold, timeout: float = 5.0, *, question: str | None = None) -> GradeResult:
+def grade(completion: str, gold, timeout: float = 5.0, *, question: str | None = None,
+          truncated: bool = False) -> GradeResult:
     """Extract the final answer of ``completion`` (:func:`extract_answer`) and :func:`verify` it.
 
     Pass ``question`` where it is known: restated parts of it are ignored (:func:`strip_question_echo`),
     so echoing the problem ("... if the flock is 20 chickens?") is not graded by its last number.
+    ``truncated=True`` (the completion hit its token budget) grades explicit final answers only (box,
+    answer tag, answer phrase): the last number of an unfinished computation is not an answer.
     """
     text = strip_question_echo(completion, question) if question else completion
-    pred = extract_answer(text)
+    pred = extract_answer(text, last_number=not truncated)
     return GradeResult(correct=verify(pred, gold, timeout), pred=pred)
 
 

@@ -12,8 +12,9 @@ from gmpo.rollout.base import Rollout, SamplingParams
 class ScriptedEngine:
     """A RolloutEngine whose completions come from ``answer(problem_index, sample_j)`` (tests only)."""
 
-    def __init__(self, tok, questions: dict[str, int], answer, fail_on_call: int | None = None):
-        self.tok, self.answer, self.fail_on_call = tok, answer, fail_on_call
+    def __init__(self, tok, questions: dict[str, int], answer, fail_on_call: int | None = None,
+                 truncated: bool = False):
+        self.tok, self.answer, self.fail_on_call, self.truncated = tok, answer, fail_on_call, truncated
         # as the prompt decodes (the tiny tokenizer maps non-ASCII characters to <unk>)
         self.questions = {tok.decode(tok(q, add_special_tokens=False)["input_ids"]): i for q, i in questions.items()}
         self.calls: list[tuple[int, SamplingParams]] = []
@@ -36,7 +37,8 @@ class ScriptedEngine:
             comp[r, :len(x)] = torch.tensor(x)
             mask[r, :len(x)] = 1
         return Rollout(prompt_ids=list(prompts), completion_ids=comp, completion_mask=mask,
-                       logprobs=torch.zeros(len(ids), T), truncated=torch.zeros(len(ids), dtype=torch.bool),
+                       logprobs=torch.zeros(len(ids), T),
+                       truncated=torch.full((len(ids),), self.truncated, dtype=torch.bool),
                        texts=texts, n=params.n)
 
     def sync_weights(self, model):
@@ -74,6 +76,15 @@ def test_greedy_scores_and_records(tok, gsm8k, shared_data, tmp_path):
     assert "Janet" in first["prompt"] and first["prompt"].startswith("<|im_start|>user")
     assert lines[1]["preds"] == ["-1"] and lines[1]["correct"] == [False]
     assert rep["timing"]["generated_tokens"] == sum(r["n_tokens"][0] for r in lines)
+
+
+def test_truncated_completions_need_an_explicit_answer(tok, gsm8k, shared_data):
+    bare = lambda i, j: f"so far we have {gsm8k[i].gold}"  # noqa: E731  (the last number, no marker)
+    kw = dict(data_dir=shared_data, limit=4, max_new_tokens=8)
+    finished = run_eval(None, tok, "gsm8k", engine=make_engine(tok, gsm8k, bare), **kw)
+    cut = run_eval(None, tok, "gsm8k", engine=make_engine(tok, gsm8k, bare, truncated=True), **kw)
+    assert finished["benchmarks"]["gsm8k"]["pass@1"] == 1.0
+    assert cut["benchmarks"]["gsm8k"]["pass@1"] == 0.0
 
 
 def test_resume_after_interruption(tok, gsm8k, shared_data, tmp_path):

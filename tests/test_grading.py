@@ -244,3 +244,12 @@ def test_strip_question_echo_keeps_own_work():
     r = grade("Restating: " + q, "20", question=q)
     assert r.correct is False and r.pred is None
     assert grading.strip_question_echo("short 20", q) == "short 20"
+
+
+def test_truncated_completion_is_graded_by_explicit_answers_only():
+    cut = "The feed left over is 100 / 20 = "  # hit the token budget mid-computation
+    assert grade(cut, "20") == GradeResult(True, "20")
+    assert grade(cut, "20", truncated=True) == GradeResult(False, None)
+    assert grade(r"so \boxed{20} and then more text", "20", truncated=True).correct is True
+    assert grade("The answer is 20. Let me double-check by", "20", truncated=True).correct is True
+    assert extract_answer("x = 3 and 4", last_number=False) is None

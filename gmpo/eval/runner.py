@@ -140,7 +140,8 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
                 t0 = time.perf_counter()
                 for i, (p, text) in enumerate(zip(batch, texts)):
                     rows = range(i * samples, (i + 1) * samples)
-                    results = [grade(rollout.texts[r], p.gold, timeout, question=p.question) for r in rows]
+                    results = [grade(rollout.texts[r], p.gold, timeout, question=p.question, truncated=truncated[r])
+                               for r in rows]
                     rec = {"benchmark": name, "index": p.index, "settings": asdict(settings), "prompt": text,
                            "gold": p.gold, "completions": [rollout.texts[r] for r in rows],
                            "preds": [g.pred for g in results], "correct": [g.correct for g in results],
