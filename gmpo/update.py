@@ -176,19 +176,18 @@ class PolicyForward:
         """Prompt forward once per distinct prompt (cache kept, with its graph), then the completions."""
         sp = mb.shared
         kw = {"logits_to_keep": 1} if self._keeps(model) else {}
-        with self.autocast(sp.prompt_ids.device):
+        with self.autocast(sp.prompt_ids.device):  # one region: autocast casts the weights to bf16 once
             out = model(input_ids=sp.prompt_ids, attention_mask=sp.prompt_attn, position_ids=sp.prompt_pos,
                         use_cache=True, **kw)  # cost: U x Lp positions instead of b x Lp
-        first = out.logits[:, -1:][sp.expand]  # (b, 1, V): predicts completion token 0
-        parts = [(first, sp.labels[:, :1])]
-        if mb.Tc > 1:
-            cache = out.past_key_values
-            cache.batch_select_indices(sp.expand)  # each row gets its prompt's keys/values (differentiable)
-            attn = torch.cat([sp.prompt_attn[sp.expand], torch.ones_like(sp.comp_ids[:, :-1])], 1)  # (b, Lp+Tc-1)
-            with self.autocast(sp.prompt_ids.device):
+            first = out.logits[:, -1:][sp.expand]  # (b, 1, V): predicts completion token 0
+            parts = [(first, sp.labels[:, :1])]
+            if mb.Tc > 1:
+                cache = out.past_key_values
+                cache.batch_select_indices(sp.expand)  # each row gets its prompt's keys/values (differentiable)
+                attn = torch.cat([sp.prompt_attn[sp.expand], torch.ones_like(sp.comp_ids[:, :-1])], 1)  # (b, Lp+Tc-1)
                 rest = model(input_ids=sp.comp_ids[:, :-1], attention_mask=attn, position_ids=sp.comp_pos[:, :-1],
                              past_key_values=cache, use_cache=False).logits  # (b, Tc-1, V)
-            parts.append((rest, sp.labels[:, 1:]))
+                parts.append((rest, sp.labels[:, 1:]))
         return parts
 
 
