@@ -338,3 +338,19 @@ def test_shared_prompt_forward_matches_plain(tmp_path, tok):
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert mb.n_tokens < sum(len(p) for p in batch.prompt_ids) + int(batch.lengths.sum())
+
+
+@pytest.mark.parametrize("algo", [
+    {"loss": "grpo"}, {"loss": "gspo"}, {"loss": "dr_grpo"}, {"loss": "dapo"},
+    {"loss": "gmpo", "beta": 0.05, "kl_in": "loss", "advantage": "leave_one_out"},
+    {"loss": "grpo", "advantage": "batch", "overlong": {"enabled": True, "buffer": 4}},
+])
+def test_every_preset_trains_a_step(tmp_path, tok, algo):
+    tr = make_trainer(tmp_path, tok, algorithm=algo, train={"mini_batch_size": 4, "micro_batch_size": 2})
+    from gmpo.telemetry.sinks import SamplesWriter
+
+    tr.samples, tr.peak_flops = SamplesWriter(tmp_path / "s.jsonl", 0), 1e12
+    before = weights(tr.model)
+    m = tr.train_step(1)
+    assert math.isfinite(m["loss/value"]) and math.isfinite(m["grad/norm"])
+    assert any(not torch.equal(before[k], v) for k, v in weights(tr.model).items())
