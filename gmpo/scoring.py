@@ -33,6 +33,7 @@ class RolloutBatch:
     rewards: torch.Tensor | None = None  # (N,) float32 final reward (truncation, overlong, KL applied)
     per_fn: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (N,) raw reward of each function
     advantages: torch.Tensor | None = None  # (N,) float32 on the device
+    advantages_host: torch.Tensor | None = None  # (N,) the same on the host (for logging, no device sync)
     ref_logp: torch.Tensor | None = None  # (N, T) reference-policy log-probs (beta > 0 only)
     share_prompt: bool = False  # run each distinct prompt once per micro-batch (see gmpo.update.SharedPrompt)
 
@@ -65,7 +66,8 @@ class RolloutBatch:
                        truncated=self.truncated[idx.to(self.truncated.device)], texts=[self.texts[r] for r in rows],
                        lengths=self.lengths[idx], rewards=opt(self.rewards, idx),
                        per_fn={k: v[idx.to(v.device)] for k, v in self.per_fn.items()},
-                       advantages=opt(self.advantages, dev), ref_logp=opt(self.ref_logp, dev))
+                       advantages=opt(self.advantages, dev), advantages_host=opt(self.advantages_host, idx),
+                       ref_logp=opt(self.ref_logp, dev))
 
     def first_groups(self, n_groups: int) -> "RolloutBatch":
         """The first `n_groups` groups."""
@@ -90,7 +92,7 @@ def concat(batches: list[RolloutBatch]) -> RolloutBatch:
         lengths=torch.cat([b.lengths for b in batches]),
         rewards=None if b0.rewards is None else torch.cat([b.rewards for b in batches]),
         per_fn={k: torch.cat([b.per_fn[k] for b in batches]) for k in b0.per_fn},
-        advantages=None, ref_logp=None,
+        advantages=None, advantages_host=None, ref_logp=None,
     )
 
 
@@ -148,7 +150,8 @@ def sample_records(batch: RolloutBatch, k: int) -> list[dict]:
     if k <= 0 or batch.n == 0:
         return []
     idx = torch.linspace(0, batch.n - 1, steps=min(k, batch.n)).round().long().unique().tolist()
-    adv = batch.advantages.detach().cpu() if batch.advantages is not None else None
+    adv = batch.advantages_host if batch.advantages_host is not None else batch.advantages
+    adv = adv.detach().cpu() if adv is not None else None
     out = []
     for i in idx:
         item = batch.items[i // batch.group_size]

@@ -335,8 +335,9 @@ class Trainer:
                 kl = ops.masked_sum(ops.kl_penalty(batch.rollout_logp, batch.ref_logp, spec.kl_estimator), batch.mask, -1)
                 batch.rewards = batch.rewards - spec.beta * kl.float().cpu()
                 sm.add("reward/kl_penalty", (spec.beta * kl).mean())
-        adv = compute_advantages(batch.rewards.to(self.device), batch.group_size, spec.advantage, spec.adv_eps)
-        batch.advantages = adv.advantages  # (N,)
+        adv = compute_advantages(batch.rewards, batch.group_size, spec.advantage, spec.adv_eps)  # on the host
+        batch.advantages_host = adv.advantages  # (N,) for samples.jsonl without a device sync
+        batch.advantages = adv.advantages.to(self.device)  # (N,)
         return flops
 
     def _rollout_metrics(self, sm: StepMetrics, seen: list, batch, roll: dict) -> None:

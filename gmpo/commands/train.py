@@ -18,9 +18,10 @@ from gmpo.config import ConfigError, describe, load_config, to_dict
 def _options_epilog() -> str:
     rows = describe()
     width = max(len(k) for k, _, _ in rows)
-    lines = ["configuration options (key  default  description):"]
+    dwidth = min(max(len(d) for _, d, _ in rows), 24)
+    lines = ["configuration options (key, default, description); set any with key.path=value:"]
     for key, default, text in rows:
-        lines.append(f"  {key:<{width}}  {default}  {text}" if text else f"  {key:<{width}}  {default}")
+        lines.append(f"  {key:<{width}}  {default:<{dwidth}}  {text}".rstrip())
     return "\n".join(lines)
 
 
