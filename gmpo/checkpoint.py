@@ -210,8 +210,8 @@ def _load_weights(model, directory: Path, lora: bool) -> None:
     model.load_state_dict(loaded.state_dict())
 
 
-def load(trainer, directory: str | Path) -> None:
-    """Load weights, optimizer, scheduler, RNG, data position, counters and hook states from a checkpoint."""
+def load(trainer, directory: str | Path, hooks: bool = True) -> None:
+    """Load weights, optimizer, scheduler, RNG, data position, counters and (if `hooks`) hook states."""
     directory = Path(directory)
     meta = json.loads((directory / META_FILE).read_text())
     if bool(meta.get("lora")) != bool(trainer.lora):
@@ -219,4 +219,5 @@ def load(trainer, directory: str | Path) -> None:
     _load_weights(trainer.model, directory, trainer.lora)
     state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
     load_training_state(trainer, state)
-    trainer.hooks.load_state_dict(state.get("hooks", []))
+    if hooks:
+        trainer.hooks.load_state_dict(state.get("hooks", []))

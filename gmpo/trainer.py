@@ -117,6 +117,7 @@ class Trainer:
         self.stop_reason: str | None = None
         self._restored = False
         self._saved_step = -1
+        self._eval_step = -1
         self.resumed_from = checkpoint.find_checkpoint(tc.resume, self.run_dir)
         if self.resumed_from is not None:
             checkpoint.load(self, self.resumed_from)
@@ -167,7 +168,7 @@ class Trainer:
         if not found:
             return None
         current = self.snapshot()
-        checkpoint.load(self, found[-1])
+        checkpoint.load(self, found[-1], hooks=False)  # the hooks' own state (e.g. rollback counts) stays live
         snap = self.snapshot()
         checkpoint.restore(self, current)
         return snap, found[-1]
@@ -237,12 +238,15 @@ class Trainer:
                 if not self._restored and ((every and attempted % every == 0) or (last and cfg.eval.at_end)):
                     metrics["eval/accuracy"] = self.evaluate()
                     metrics.update(self.run_benchmarks())
-                    self.eval_after = metrics["eval/accuracy"]
+                    self.eval_after, self._eval_step = metrics["eval/accuracy"], self.step
                 self.sinks.log(attempted, metrics)
                 self.hooks.on_step_end(self, attempted, metrics)
                 se = cfg.train.save_every
                 if not self._restored and se and self.step % se == 0 and self.step < cfg.train.steps:
                     self.save_checkpoint()
+            if cfg.eval.at_end and self.step > 0 and self._eval_step != self.step:  # stopped by a hook at step end
+                self.eval_after, self._eval_step = self.evaluate(), self.step
+                self.sinks.log(self.step, {"eval/accuracy": self.eval_after})
             if self.step > 0 and self._saved_step != self.step:
                 self.save_checkpoint()
         finally:
