@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--template", default="chat")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     p.add_argument("--bf16", choices=["auto", "true", "false"], default="auto")
+    p.add_argument("--fallback", choices=["auto", "last-number", "none"], default="auto",
+                   help="last-number grading fallback (see gmpo eval --help)")
     p.add_argument("--out-dir", default=str(ROOT / "runs" / "eval_smollm2"))
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     p.add_argument("--fresh", action="store_true", help="delete earlier per-problem records first")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             records.unlink()
         rep = run_eval(model, tok, [name], data_dir=args.data_dir, limit=limit, max_new_tokens=args.max_new_tokens,
                        template=args.template, batch_size=args.batch_size, engine=engine, bf16=bf16,
-                       records_path=records, progress=True)
+                       records_path=records, progress=True, fallback=args.fallback)
         (out_dir / f"{name}.json").write_text(json.dumps(rep, indent=2))
         recs = [json.loads(x) for x in records.read_text().splitlines() if x.strip()]
         lens = [r["n_tokens"][0] for r in recs]
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {host}  ",
         f"Settings: model `{args.model}`, greedy (temperature 0, Pass@1), template `{args.template}`, "
         f"max_new_tokens {args.max_new_tokens}, gmpo KV-cache engine, batch {args.batch_size} prompts, "
-        f"bf16 autocast {bf16}; grading `gmpo.grading.grade` (final answer, math-verify). Model load "
+        f"bf16 autocast {bf16}; grading `gmpo.grading.grade` (final answer, math-verify; last-number fallback "
+        f"`{args.fallback}`: auto = GSM8K only, never for truncated completions). Model load "
         f"{load_s:.1f} s; total {total:.0f} s.",
         "",
         "| benchmark | problems | Pass@1 | generated tokens | tokens/s | generate s | grade s | wall s | "

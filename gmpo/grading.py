@@ -487,16 +487,17 @@ def strip_question_echo(completion: str, question: str) -> str:
 
 
 def grade(completion: str, gold, timeout: float = 5.0, *, question: str | None = None,
-          truncated: bool = False) -> GradeResult:
+          truncated: bool = False, last_number: bool = True) -> GradeResult:
     """Extract the final answer of ``completion`` (:func:`extract_answer`) and :func:`verify` it.
 
     Pass ``question`` where it is known: restated parts of it are ignored (:func:`strip_question_echo`),
     so echoing the problem ("... if the flock is 20 chickens?") is not graded by its last number.
     ``truncated=True`` (the completion hit its token budget) grades explicit final answers only (box,
     answer tag, answer phrase): the last number of an unfinished computation is not an answer.
+    ``last_number=False`` does so for every completion (strict: an explicit final answer is required).
     """
     text = strip_question_echo(completion, question) if question else completion
-    pred = extract_answer(text, last_number=not truncated)
+    pred = extract_answer(text, last_number=last_number and not truncated)
     return GradeResult(correct=verify(pred, gold, timeout), pred=pred)
 
 

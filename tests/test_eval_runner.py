@@ -87,6 +87,22 @@ def test_truncated_completions_need_an_explicit_answer(tok, gsm8k, shared_data):
     assert cut["benchmarks"]["gsm8k"]["pass@1"] == 0.0
 
 
+def test_last_number_fallback_per_benchmark(tok, shared_data):
+    math = load_benchmark("math500", shared_data, limit=10)
+    bare = lambda i, j: f"We simplify and get {math[i].gold}"  # noqa: E731  (no box, no answer phrase)
+    boxed = lambda i, j: f"We simplify: $\\boxed{{{math[i].gold}}}$"  # noqa: E731
+    kw = dict(data_dir=shared_data, limit=10, max_new_tokens=8)
+    acc = {fb: run_eval(None, tok, "math500", engine=make_engine(tok, math, bare), fallback=fb, **kw)
+           ["benchmarks"]["math500"]["pass@1"] for fb in ("auto", "last-number", "none")}
+    # read by its last number, "... get <gold>" is right for golds 9, 42, 27, 90^\\circ, 4 and wrong for the
+    # tuple, "p - q", \\frac{14}{3}, \\text{Evelyn}, 3\\sqrt{13} (last numbers 2, none, 3, none, 13)
+    assert acc == {"auto": 0.0, "last-number": 0.5, "none": 0.0}
+    assert run_eval(None, tok, "math500", engine=make_engine(tok, math, boxed), **kw)["benchmarks"]["math500"][
+        "pass@1"] == 1.0
+    with pytest.raises(ValueError, match="fallback"):
+        run_eval(None, tok, "math500", engine=make_engine(tok, math, boxed), fallback="maybe", **kw)
+
+
 def test_resume_after_interruption(tok, gsm8k, shared_data, tmp_path):
     rec = tmp_path / "r.problems.jsonl"
     kw = dict(data_dir=shared_data, limit=8, batch_size=3, max_new_tokens=64, records_path=rec)
@@ -186,6 +202,6 @@ def test_cli_help_documents_every_option(capsys):
     text = capsys.readouterr().out
     for opt in ["--model", "--benchmarks", "--data-dir", "--limit", "--samples", "--temperature", "--top-p",
                 "--max-new-tokens", "--template", "--out", "--batch-size", "--bf16", "--device", "--check-grader",
-                "--seed", "--timeout", "--backend", "--dtype", "--no-resume", "--system-prompt"]:
+                "--seed", "--timeout", "--fallback", "--backend", "--dtype", "--no-resume", "--system-prompt"]:
         assert opt in text
     assert "qwen_math" in text and "drgrpo_amc" in text

@@ -56,6 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["engine", "hf"], default="engine",
                    help="rollout backend: gmpo's KV-cache engine (default) or transformers generate")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (unused when greedy)")
+    p.add_argument("--fallback", choices=["auto", "last-number", "none"], default="auto",
+                   help="grading of a completion with no explicit final answer (\\boxed{}, <answer>, 'the answer is', "
+                        "'####'): auto = its last number on GSM8K (lm-eval's flexible extract), wrong elsewhere; "
+                        "last-number / none = everywhere (truncated completions never use it)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per answer comparison (then: wrong)")
     p.add_argument("--no-resume", action="store_true", help="start afresh: overwrite an existing per-problem jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -120,7 +124,7 @@ def run(args) -> int:
                       max_new_tokens=args.max_new_tokens, template=args.template, system_prompt=args.system_prompt,
                       samples=args.samples, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                       batch_size=args.batch_size, engine=engine, bf16=bf16, records_path=records,
-                      timeout=args.timeout, progress=not args.no_progress)
+                      timeout=args.timeout, progress=not args.no_progress, fallback=args.fallback)
     report["settings"].update(model=args.model, device=str(device), dtype=args.dtype, backend=args.backend)
     report["records"] = str(records)
     Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False))

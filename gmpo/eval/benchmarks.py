@@ -46,10 +46,15 @@ class Benchmark:
     local: Source
     hub: Source | None
     description: str
+    # grade a finished completion with no explicit final answer by its last number (lm-eval's GSM8K
+    # "flexible-extract"); off elsewhere: small-integer LaTeX golds make the last number of an
+    # unanswered completion match by chance (SmolLM2-135M on MATH500's first 100: 6 such "correct"
+    # answers, e.g. "$a + b = 2 + 2 = 4$" for gold 4, and none with an explicit final answer)
+    last_number: bool = False
 
 
-def _b(name, local, hub, description):
-    return Benchmark(name, local, hub, description)
+def _b(name, local, hub, description, last_number=False):
+    return Benchmark(name, local, hub, description, last_number)
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
@@ -77,7 +82,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     _b("gsm8k",
        Source("gsm8k_test.jsonl", "question", "gsm8k:answer", "answer"),
        Source("openai/gsm8k", "question", "gsm8k:answer", "answer", config="main"),
-       "GSM8K test: 1319 grade-school word problems (gold after '#### ')"),
+       "GSM8K test: 1319 grade-school word problems (gold after '#### ')", last_number=True),
     # the GMPO / Dr. GRPO papers' exact suite (sail-sg/understand-r1-zero datasets/evaluation_suite)
     _b("drgrpo_aime", Source("drgrpo_eval_aime.arrow", "problem", "text:answer"), None,
        "AIME 2024 as in the Dr. GRPO / GMPO evaluation suite (30)"),

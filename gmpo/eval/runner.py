@@ -18,6 +18,14 @@ from gmpo.grading import grade, grader_stats
 
 # stop strings per template: the R1 template closes its answer with </answer> (understand-r1-zero)
 _TEMPLATE_STOPS = {"r1": ["</answer>"]}
+FALLBACKS = ("auto", "last-number", "none")
+
+
+def uses_last_number(benchmark: str, fallback: str) -> bool:
+    """Whether completions with no explicit final answer are graded by their last number."""
+    from gmpo.eval.benchmarks import BENCHMARKS
+
+    return BENCHMARKS[benchmark].last_number if fallback == "auto" else fallback == "last-number"
 
 
 @dataclass(frozen=True)
@@ -31,9 +39,12 @@ class EvalSettings:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    fallback: str = "auto"  # last-number fallback: auto (per benchmark) | last-number | none
 
     def validate(self) -> None:
         """Raise ValueError for settings that cannot work together."""
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"fallback must be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
         if self.max_new_tokens < 1:
@@ -91,7 +102,7 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
              max_new_tokens: int = 512, template: str = "chat", system_prompt: str = "", samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
              engine=None, bf16: bool = False, records_path: str | Path | None = None, timeout: float = 5.0,
-             progress: bool = False) -> dict:
+             progress: bool = False, fallback: str = "auto") -> dict:
     """Evaluate ``model`` on ``benchmarks``; return the report dict written as ``results.json``.
 
     The report holds ``benchmarks`` ({name: {"n", "pass@1" | "mean@K", "pass@k"...}}), ``average``,
@@ -100,11 +111,14 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
     ``records_path``, per-problem records (prompt, completions, extracted answers, gold, verdicts) are
     appended after each batch and problems already recorded there are skipped (resume).
     ``engine``: a :class:`gmpo.rollout.RolloutEngine`; by default gmpo's KV-cache engine.
+    ``fallback``: how a completion with no explicit final answer (box, answer tag, "the answer is",
+    "####") is graded: ``auto`` = by its last number on benchmarks that opt in (GSM8K), else wrong;
+    ``last-number`` / ``none`` force either way. A truncated completion never uses the fallback.
     """
     from gmpo.rollout import SamplingParams, make_engine
     from gmpo.templates import render_prompt
 
-    settings = EvalSettings(template, system_prompt, max_new_tokens, samples, temperature, top_p, seed)
+    settings = EvalSettings(template, system_prompt, max_new_tokens, samples, temperature, top_p, seed, fallback)
     settings.validate()
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -125,6 +139,7 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
     out = _open_append(path) if path else None
     try:
         for name in names:
+            last_number = uses_last_number(name, fallback)
             for start in range(0, len(todo[name]), batch_size):
                 batch: list[Problem] = todo[name][start:start + batch_size]
                 texts = [render_prompt(tokenizer, p.question, template, system_prompt) for p in batch]
@@ -140,8 +155,8 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
                 t0 = time.perf_counter()
                 for i, (p, text) in enumerate(zip(batch, texts)):
                     rows = range(i * samples, (i + 1) * samples)
-                    results = [grade(rollout.texts[r], p.gold, timeout, question=p.question, truncated=truncated[r])
-                               for r in rows]
+                    results = [grade(rollout.texts[r], p.gold, timeout, question=p.question, truncated=truncated[r],
+                                     last_number=last_number) for r in rows]
                     rec = {"benchmark": name, "index": p.index, "settings": asdict(settings), "prompt": text,
                            "gold": p.gold, "completions": [rollout.texts[r] for r in rows],
                            "preds": [g.pred for g in results], "correct": [g.correct for g in results],
@@ -181,7 +196,7 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
 def evaluate(model, tokenizer, benchmarks: list[str] | str, *, data_dir: str | Path = "", limit: int = 0,
              max_new_tokens: int = 512, template: str = "chat", engine=None, system_prompt: str = "",
              samples: int = 1, temperature: float = 0.0, batch_size: int = 32, bf16: bool = False,
-             seed: int = 0, timeout: float = 5.0) -> dict[str, float]:
+             seed: int = 0, timeout: float = 5.0, fallback: str = "auto") -> dict[str, float]:
     """Accuracy per benchmark, ``{name: pass@1}`` (greedy by default; ``mean@K`` when sampling).
 
     The trainer's hook: pass its rollout ``engine`` so evaluation decodes with the live policy weights,
@@ -189,7 +204,7 @@ def evaluate(model, tokenizer, benchmarks: list[str] | str, *, data_dir: str | P
     """
     report = run_eval(model, tokenizer, benchmarks, data_dir=data_dir, limit=limit, max_new_tokens=max_new_tokens,
                       template=template, system_prompt=system_prompt, samples=samples, temperature=temperature,
-                      seed=seed, batch_size=batch_size, engine=engine, bf16=bf16, timeout=timeout)
+                      seed=seed, batch_size=batch_size, engine=engine, bf16=bf16, timeout=timeout, fallback=fallback)
     key = report["primary_metric"]
     return {name: m[key] for name, m in report["benchmarks"].items()}
 
