@@ -452,3 +452,11 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
             continue
         rows.append((key, repr(default), comments.get(f.name, "")))
     return rows
+
+
+def markdown_reference() -> str:
+    """The config reference table for the README (generated from the same comments as --help)."""
+    lines = ["| key | default | description |", "|---|---|---|"]
+    for key, default, help_text in describe(Config):
+        lines.append(f"| `{key}` | `{default}` | {help_text.replace('|', '/')} |")
+    return "\n".join(lines)
