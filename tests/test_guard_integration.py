@@ -178,7 +178,10 @@ def test_forced_ratio_explosion_stops_with_checkpoint(tmp_path, tok):
     orig = tr.save_checkpoint
     tr.save_checkpoint = lambda: saves.append(orig()) or saves[-1]
     summary = tr.train()
-    (ev,) = read_alerts(tmp_path)
+    alerts = read_alerts(tmp_path)
+    # the injected ratio blow-up may also trip the gradient-spike detector (a warning): only the stop matters
+    assert all(e["action"] == "warn" for e in alerts if e["detector"] != "ratio_explosion")
+    (ev,) = [e for e in alerts if e["detector"] == "ratio_explosion"]
     assert (ev["step"], ev["detector"], ev["action"]) == (3, "ratio_explosion", "stop") and ev["value"] > 5
     assert "ratio_explosion" in summary["stop_reason"] and summary["steps"] == 3
     assert saves[0].name == "step_000003"  # the stop's checkpoint, written once step 3 ended
