@@ -16,8 +16,9 @@ gradient equals the gradient of the uncut mini-batch for every reduction.
 from __future__ import annotations
 
 import inspect
-from contextlib import nullcontext
-from dataclasses import dataclass
+import copy
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 
 import torch
 
@@ -55,7 +56,9 @@ class SharedPrompt:
 
     prompt_ids / prompt_attn / prompt_pos (U, Lp): the U distinct prompts, left-padded; expand (b,): the
     prompt slot of each row; comp_ids (b, Tc) right-padded completions, comp_pos (b, Tc) their positions;
-    labels (b, Tc): completion tokens, -100 past each completion's end. Gradients reach the prompt's
+    labels (b, Tc): completion tokens, -100 past each completion's end. buckets: the rows cut by completion
+    length (see :func:`length_buckets`); each bucket's completion forward pads only to its own longest
+    completion, so short completions do not pay for the long ones' padding. Gradients reach the prompt's
     activations through the cache, so the result equals the plain layout's (up to float rounding).
     """
 
@@ -66,6 +69,34 @@ class SharedPrompt:
     comp_ids: torch.Tensor
     comp_pos: torch.Tensor
     labels: torch.Tensor
+    buckets: list[tuple[torch.Tensor, int]] = field(default_factory=list)  # (row indices, their longest completion)
+
+
+BUCKET_OVERHEAD = 16  # a completion forward's fixed cost, in token positions (Python, kernel launches, cache copy)
+
+
+def length_buckets(lengths: list[int], overhead: float | None = None) -> list[list[int]]:
+    """Cut rows into groups that minimise sum(rows x longest length) + overhead x groups (exact DP).
+
+    lengths: tokens each row runs. Returns lists of row indices, each sorted by length (ascending),
+    covering every row once. Rows of equal length never straddle two groups needlessly.
+    """
+    overhead = BUCKET_OVERHEAD if overhead is None else overhead
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j sorted rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        top = lengths[order[j - 1]]  # the longest of rows i..j-1
+        for i in range(j):
+            c = best[i] + (j - i) * top + overhead
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
 
 
 SHARE_MIN_SAVING = 0.2  # use the shared-prompt layout when it runs at least 20% fewer token positions
@@ -127,16 +158,20 @@ def _shared_micro_batch(prompt_ids, comp, lens, rows, r, slots, first_row, G, Lp
     valid = torch.arange(Tc)[None] < torch.tensor(lens)[:, None]
     comp_ids = torch.where(valid, comp, torch.full_like(comp, pad_id))
     labels = torch.where(valid, comp, torch.full_like(comp, -100))
+    # completion forwards run tokens 0..len-2 (the last token is only a label)
+    buckets = [(torch.tensor(g, dtype=torch.long, device=device), max(lens[i] for i in g))
+               for g in length_buckets([max(c - 1, 0) for c in lens])] if Tc > 1 else []
     shared = SharedPrompt(p_ids.to(device), p_attn.to(device), p_pos.to(device), expand.to(device),
-                          comp_ids.to(device), comp_pos.to(device), labels.to(device))
+                          comp_ids.to(device), comp_pos.to(device), labels.to(device), buckets)
     return MicroBatch(rows.to(device), Tc, sum(p_len) + sum(lens), shared=shared)
 
 
 class PolicyForward:
     """Runs a causal LM on a :class:`MicroBatch` and returns completion-token log-probs (and entropy)."""
 
-    def __init__(self, temperature: float, bf16: bool, chunk_size: int = ops.DEFAULT_CHUNK):
+    def __init__(self, temperature: float, bf16: bool, chunk_size: int | None = None, cpu_eager_attention: bool = True):
         self.temperature, self.bf16, self.chunk_size = temperature, bf16, chunk_size
+        self.cpu_eager_attention = cpu_eager_attention
         self._keep_arg: dict[int, bool] = {}
 
     def autocast(self, device: torch.device):
@@ -152,43 +187,115 @@ class PolicyForward:
 
     def __call__(self, model, mb: MicroBatch, entropy: bool = False):
         """(logp (b, Tc) float32, entropy (b, Tc) float32 or None); differentiable unless under no_grad."""
-        parts = self._shared(model, mb) if mb.shared is not None else self._plain(model, mb)
-        logp = torch.cat([ops.token_logprobs(lg, lb, self.temperature, self.chunk_size) for lg, lb in parts], 1)
-        ent = None
-        if entropy:
-            with torch.no_grad():
-                ent = torch.cat([ops.token_entropy(lg.detach(), self.chunk_size, self.temperature) for lg, _ in parts], 1)
-        if mb.shared is None:
-            logp = logp.gather(1, mb.gather)  # (b, Tc)
-            ent = ent.gather(1, mb.gather) if ent is not None else None
-        return logp, ent
+        with self.attention(model, mb):
+            if mb.shared is not None:
+                return self._shared(model, mb, entropy)
+            return self._plain(model, mb, entropy)
 
-    def _plain(self, model, mb: MicroBatch):
+    def _logp(self, logits, labels, entropy: bool):
+        """One vocabulary pass gives both (the entropy is a metric: no gradient flows through it)."""
+        return ops.token_logprobs_and_entropy(logits, labels, self.temperature, self.chunk_size, entropy=entropy)
+
+    def attention(self, model, mb: MicroBatch):
+        """On CPU with short sequences, the eager (matmul + softmax) attention for the training forward.
+
+        On the reference CPU, PyTorch's bf16 flash-attention backward costs ~4x the eager one at these
+        lengths (tens of tokens; see benchmarks/step_vs_trl.py); the math is the same. The model's own
+        setting is restored on exit (the rollout engine keeps it). Off under gradient checkpointing, whose
+        backward re-runs the forward outside this switch.
+        """
+        L = mb.input_ids.shape[1] if mb.shared is None else mb.shared.prompt_ids.shape[1] + mb.Tc
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if not (self.cpu_eager_attention and _device_of(model).type == "cpu" and L <= EAGER_MAX_LEN) \
+                or _checkpointing(base):  # the recompute runs outside this switch
+            return nullcontext()
+        return _attn_impl(model, "eager")
+
+    def _plain(self, model, mb: MicroBatch, entropy: bool):
         """One forward over prompt+completion; logits only from the first completion-predicting position."""
         kw = {"logits_to_keep": mb.input_ids.shape[1] - mb.start} if self._keeps(model) else {}
         with self.autocast(mb.input_ids.device):
             logits = model(input_ids=mb.input_ids, use_cache=False, **kw).logits  # (b, K, V)
         if not kw:
             logits = logits[:, mb.start:]
-        return [(logits, mb.labels)]
+        logp, ent = self._logp(logits, mb.labels, entropy)  # (b, K)
+        return logp.gather(1, mb.gather), (ent.gather(1, mb.gather) if ent is not None else None)  # (b, Tc)
 
-    def _shared(self, model, mb: MicroBatch):
-        """Prompt forward once per distinct prompt (cache kept, with its graph), then the completions."""
+    def _shared(self, model, mb: MicroBatch, entropy: bool):
+        """Prompt forward once per distinct prompt (cache kept, with its graph), then the completions,
+        one forward per length bucket, each on its rows' copy of the prompt cache."""
         sp = mb.shared
         kw = {"logits_to_keep": 1} if self._keeps(model) else {}
         with self.autocast(sp.prompt_ids.device):  # one region: autocast casts the weights to bf16 once
             out = model(input_ids=sp.prompt_ids, attention_mask=sp.prompt_attn, position_ids=sp.prompt_pos,
                         use_cache=True, **kw)  # cost: U x Lp positions instead of b x Lp
             first = out.logits[:, -1:][sp.expand]  # (b, 1, V): predicts completion token 0
-            parts = [(first, sp.labels[:, :1])]
-            if mb.Tc > 1:
-                cache = out.past_key_values
-                cache.batch_select_indices(sp.expand)  # each row gets its prompt's keys/values (differentiable)
-                attn = torch.cat([sp.prompt_attn[sp.expand], torch.ones_like(sp.comp_ids[:, :-1])], 1)  # (b, Lp+Tc-1)
-                rest = model(input_ids=sp.comp_ids[:, :-1], attention_mask=attn, position_ids=sp.comp_pos[:, :-1],
-                             past_key_values=cache, use_cache=False).logits  # (b, Tc-1, V)
-                parts.append((rest, sp.labels[:, 1:]))
-        return parts
+            lp0, h0 = self._logp(first, sp.labels[:, :1], entropy)  # (b, 1)
+            if mb.Tc == 1:
+                return lp0, h0
+            b, Lp = sp.expand.shape[0], sp.prompt_ids.shape[1]
+            lps, hs, order = [], [], []
+            buckets = sp.buckets or [(torch.arange(b, device=sp.expand.device), mb.Tc)]
+            for rows, tb in buckets:
+                n = tb - 1  # completion tokens 0..tb-2 run; they predict tokens 1..tb-1
+                if n <= 0:  # completions of one token: nothing past the prompt's last position
+                    lp = torch.zeros(rows.shape[0], mb.Tc - 1, device=lp0.device)
+                    lps.append(lp), hs.append(lp), order.append(rows)
+                    continue
+                cache = _select_cache(out.past_key_values, sp.expand[rows], last=len(buckets) == 1)
+                attn = torch.cat([sp.prompt_attn[sp.expand[rows]], torch.ones_like(sp.comp_ids[rows, :n])], 1)
+                rest = model(input_ids=sp.comp_ids[rows, :n], attention_mask=attn, position_ids=sp.comp_pos[rows, :n],
+                             past_key_values=cache, use_cache=False).logits  # (k, n, V)
+                lp, h = self._logp(rest, sp.labels[rows, 1:tb], entropy)  # (k, n)
+                pad = mb.Tc - 1 - n
+                lps.append(torch.nn.functional.pad(lp, (0, pad)))
+                hs.append(torch.nn.functional.pad(h, (0, pad)) if h is not None else None)
+                order.append(rows)
+        inv = torch.argsort(torch.cat(order))  # bucket order -> micro-batch row order
+        logp = torch.cat([lp0, torch.cat(lps)[inv]], 1)  # (b, Tc)
+        ent = torch.cat([h0, torch.cat(hs)[inv]], 1) if entropy else None
+        return logp, ent
+
+
+EAGER_MAX_LEN = 512  # eager attention materialises (b, heads, L, L) scores: only for short sequences
+
+
+def _checkpointing(model) -> bool:
+    """Whether activation (gradient) checkpointing is on (the attribute was renamed in transformers 5.2x)."""
+    name = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _attn_impl(model, impl: str):
+    """Temporarily run `model` with attention implementation `impl` (transformers config switch)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    before = getattr(cfg, "_attn_implementation", None)
+    if cfg is None or before is None or before == impl:
+        yield
+        return
+    cfg._attn_implementation = impl
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = before
+
+
+def _select_cache(cache, index: torch.Tensor, last: bool):
+    """The prompt cache with batch rows `index` (differentiable); a shallow copy unless it is the last use."""
+    if not last:
+        if not hasattr(cache, "layers"):  # older cache classes: copy the whole object
+            raise RuntimeError("length buckets need a transformers Cache with .layers")
+        c = copy.copy(cache)
+        c.layers = [copy.copy(layer) for layer in cache.layers]
+        cache = c
+    cache.batch_select_indices(index)  # each row gets its prompt's keys/values
+    return cache
 
 
 def split_rows(rows: torch.Tensor, micro_batch_size: int) -> list[torch.Tensor]:
