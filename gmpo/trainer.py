@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from gmpo import algorithms, checkpoint, models, ops, scoring, seeding
+from gmpo import algorithms, checkpoint, models, ops, perf, scoring, seeding
 from gmpo.advantages import compute_advantages
 from gmpo.config import Config, save_config, to_dict
 from gmpo.hooks import SKIP, HookList
@@ -100,7 +100,8 @@ class Trainer:
         self.mini_batch_size = tc.mini_batch_size or n
         self.updates_per_batch = tc.ppo_epochs * math.ceil(n / self.mini_batch_size)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                           eps=cfg.optim.adam_eps, weight_decay=cfg.optim.weight_decay)
+                                           eps=cfg.optim.adam_eps, weight_decay=cfg.optim.weight_decay,
+                                           **perf.adamw_options(self.params))  # fused kernel where supported
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, LRSchedule(
             cfg.optim.warmup_steps, tc.steps * self.updates_per_batch, cfg.optim.schedule, cfg.optim.min_lr_ratio))
         self.tracker = StabilityTracker()
