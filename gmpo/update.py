@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gmpo import losses, ops
+from gmpo import losses, ops, perf
 from gmpo.telemetry.collector import Reducer
 
 LOGP_AGREE_TOL = 1e-3  # max |rollout logp - training logp| (nats/token) for rollout log-probs to serve as old_logp
@@ -209,7 +209,7 @@ class PolicyForward:
         if not (self.cpu_eager_attention and _device_of(model).type == "cpu" and L <= EAGER_MAX_LEN) \
                 or _checkpointing(base):  # the recompute runs outside this switch
             return nullcontext()
-        return _attn_impl(model, "eager")
+        return _attn_impl(model, perf.training_attention(model.get_base_model() if hasattr(model, "get_base_model") else model))
 
     def _plain(self, model, mb: MicroBatch, entropy: bool):
         """One forward over prompt+completion; logits only from the first completion-predicting position."""
@@ -226,8 +226,9 @@ class PolicyForward:
         one forward per length bucket, each on its rows' copy of the prompt cache."""
         sp = mb.shared
         kw = {"logits_to_keep": 1} if self._keeps(model) else {}
+        p_in, c_in = _embed_once(model, sp.prompt_ids, sp.comp_ids)
         with self.autocast(sp.prompt_ids.device):  # one region: autocast casts the weights to bf16 once
-            out = model(input_ids=sp.prompt_ids, attention_mask=sp.prompt_attn, position_ids=sp.prompt_pos,
+            out = model(**p_in, attention_mask=sp.prompt_attn, position_ids=sp.prompt_pos,
                         use_cache=True, **kw)  # cost: U x Lp positions instead of b x Lp
             first = out.logits[:, -1:][sp.expand]  # (b, 1, V): predicts completion token 0
             lp0, h0 = self._logp(first, sp.labels[:, :1], entropy)  # (b, 1)
@@ -244,8 +245,8 @@ class PolicyForward:
                     continue
                 cache = _select_cache(out.past_key_values, sp.expand[rows], last=len(buckets) == 1)
                 attn = torch.cat([sp.prompt_attn[sp.expand[rows]], torch.ones_like(sp.comp_ids[rows, :n])], 1)
-                rest = model(input_ids=sp.comp_ids[rows, :n], attention_mask=attn, position_ids=sp.comp_pos[rows, :n],
-                             past_key_values=cache, use_cache=False).logits  # (k, n, V)
+                rest = model(**{k: v[rows, :n] for k, v in c_in.items()}, attention_mask=attn,
+                             position_ids=sp.comp_pos[rows, :n], past_key_values=cache, use_cache=False).logits  # (k, n, V)
                 lp, h = self._logp(rest, sp.labels[rows, 1:tb], entropy)  # (k, n)
                 pad = mb.Tc - 1 - n
                 lps.append(torch.nn.functional.pad(lp, (0, pad)))
@@ -255,6 +256,24 @@ class PolicyForward:
         logp = torch.cat([lp0, torch.cat(lps)[inv]], 1)  # (b, Tc)
         ent = torch.cat([h0, torch.cat(hs)[inv]], 1) if entropy else None
         return logp, ent
+
+
+def _embed_once(model, prompt_ids: torch.Tensor, comp_ids: torch.Tensor):
+    """Model inputs for the prompt and completion forwards from ONE embedding lookup.
+
+    Each forward that embeds its own ids adds a dense (V, d) embedding gradient in the backward (a
+    zero-filled 113 MB float32 tensor for a 49k x 576 table, then summed into the tied weight); one lookup
+    makes one. Returns ({"inputs_embeds": (U, Lp, d)}, {"inputs_embeds": (b, Tc, d)}), or the ids
+    unchanged when the model has no input-embedding module.
+    """
+    get = getattr(model, "get_input_embeddings", None)
+    embed = get() if get is not None else None
+    if embed is None:
+        return {"input_ids": prompt_ids}, {"input_ids": comp_ids}
+    n = prompt_ids.numel()
+    emb = embed(torch.cat([prompt_ids.reshape(-1), comp_ids.reshape(-1)]))  # (U*Lp + b*Tc, d)
+    return ({"inputs_embeds": emb[:n].view(*prompt_ids.shape, -1)},
+            {"inputs_embeds": emb[n:].view(*comp_ids.shape, -1)})
 
 
 EAGER_MAX_LEN = 512  # eager attention materialises (b, heads, L, L) scores: only for short sequences

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from gmpo import update
+from gmpo import perf, update
 from gmpo.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
 from gmpo.update import length_buckets
 
@@ -161,6 +161,25 @@ def test_length_bucketed_shared_forward_matches_plain(tmp_path, tok, monkeypatch
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
+def test_grouped_eager_attention_equals_transformers_eager():
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    g = torch.Generator().manual_seed(4)
+    b, Hkv, grp, Tq, Tk, d = 2, 2, 3, 4, 6, 8
+    q = torch.randn(b, Tq, Hkv * grp, d, generator=g).transpose(1, 2)  # non-contiguous like the model's
+    k, v = torch.randn(b, Hkv, Tk, d, generator=g), torch.randn(b, Hkv, Tk, d, generator=g)
+    mask = torch.zeros(b, 1, Tq, Tk)
+    mask[0, :, :, :2] = torch.finfo(torch.float32).min  # row 0: two left-pad keys
+    mask[:, :, torch.arange(Tq)[:, None] < torch.arange(Tk)[None] - (Tk - Tq)] = torch.finfo(torch.float32).min  # causal
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.training = grp, False
+    for m in (mask, None):
+        ref, _ = eager_attention_forward(module, q, k, v, m, scaling=0.3)
+        out, _ = perf.grouped_eager_attention(module, q, k, v, m, scaling=0.3)
+        assert out.shape == (b, Tq, Hkv * grp, d)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_eager_attention_switch_same_numbers_and_restores_the_model(tmp_path, tok):
     tr = _trainer(tmp_path, tok)
     batch, _, _ = tr._collect(1)
@@ -178,6 +197,6 @@ def test_eager_attention_switch_same_numbers_and_restores_the_model(tmp_path, to
     finally:
         hook.remove()
     assert tr.model.config._attn_implementation == before
-    assert "eager" in seen and before in seen
+    assert perf.GROUPED_EAGER in seen and before in seen  # the tiny model is a llama
     for a, b in zip(eager, default):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
