@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from gmpo.rollout import BACKENDS, Rollout, RolloutEngine, SamplingParams, make_engine
-from gmpo.rollout.engine import KVCacheEngine, inverse_cdf, sample_from_logits
+from gmpo.rollout.engine import KVCacheEngine, inverse_cdf, length_buckets, sample_from_logits
 from gmpo.rollout.hf import HFGenerateEngine
 from gmpo.testing import tiny_model
 
@@ -110,6 +110,15 @@ def test_inverse_cdf_many_blocks_matches_probabilities():
     counts = torch.bincount(tok, minlength=1000).float()
     expected = probs / probs.sum() * 20000
     assert torch.all((counts - expected).abs() <= 1.0 + 1e-3) and counts[probs == 0].sum() == 0
+
+
+
+def test_length_buckets_by_hand():
+    assert length_buckets([1, 3, 11, 20]) == [range(0, 1), range(1, 2), range(2, 3), range(3, 4)]
+    assert length_buckets([10, 10, 10, 11]) == [range(0, 4)]  # 44 padded vs 41 real: within 12.5%
+    assert length_buckets([10, 10, 10, 20]) == [range(0, 3), range(3, 4)]  # 80 padded vs 50 real
+    assert length_buckets([5] * 10, max_tokens=20) == [range(0, 4), range(4, 8), range(8, 10)]
+    assert length_buckets([7]) == [range(0, 1)]
 
 
 # ---- the engine against references --------------------------------------------------------------------
@@ -315,6 +324,8 @@ def test_backends_table():
 
 
 def test_preallocated_cache_matches_stock_dynamic_cache(lm, tok, prompts):
+    """In-place cache + one prefill per length bucket (the 4 prompts make 4 buckets) vs the stock
+    DynamicCache with one left-padded prefill."""
     handle = eos_bias(lm, tok.eos_token_id, 5.0)  # rows leave the batch mid-way: buffers get re-gathered
     try:
         params = SamplingParams(n=3, max_new_tokens=12, temperature=1.0, seed=9)
