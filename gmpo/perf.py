@@ -113,3 +113,39 @@ class PhaseTimer:
     def reset(self) -> None:
         """Forget all phases."""
         self.totals.clear()
+
+
+def instrument(trainer, timer: PhaseTimer) -> None:
+    """Attach `timer` to a :class:`gmpo.trainer.Trainer`'s phases (for a step breakdown; no effect on results).
+
+    Phases: "forward" and "backward" (the update phase's forwards, including no-grad log-prob forwards,
+    and its backward passes), "optimizer" (clip, hooks, optimizer and scheduler step), and
+    "rollout/prefill" when the rollout engine has a ``_prefill`` method (the rest of
+    ``perf/rollout_s`` is decoding and sampling). Wraps the instance's methods; idempotent.
+    """
+    if getattr(trainer, "_perf_timer", None) is timer:
+        return
+    trainer._perf_timer = timer
+    trainer.forward.timer = timer
+    _wrap(trainer, "_optimizer_step", timer, "optimizer")
+    if hasattr(trainer.engine, "_prefill"):
+        _wrap(trainer.engine, "_prefill", timer, "rollout/prefill")
+
+
+def _wrap(obj, name: str, timer: PhaseTimer, phase: str) -> None:
+    inner = getattr(obj, name)
+
+    def timed(*args, **kwargs):
+        with timer(phase):
+            return inner(*args, **kwargs)
+
+    setattr(obj, name, timed)
+
+
+def training_flops(n_params: int, grad_tokens: int, no_grad_tokens: int = 0) -> float:
+    """Model FLOPs of a training phase: 6 x params x tokens with a backward, 2 x params x tokens without.
+
+    The usual dense-transformer estimate (Kaplan et al. 2020); attention's sequence-length term is left
+    out (it is < 2% of the total at a few hundred tokens for a 576-wide model).
+    """
+    return 6.0 * n_params * grad_tokens + 2.0 * n_params * no_grad_tokens

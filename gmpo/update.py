@@ -172,6 +172,7 @@ class PolicyForward:
     def __init__(self, temperature: float, bf16: bool, chunk_size: int | None = None, cpu_eager_attention: bool = True):
         self.temperature, self.bf16, self.chunk_size = temperature, bf16, chunk_size
         self.cpu_eager_attention = cpu_eager_attention
+        self.timer = None  # a gmpo.perf.PhaseTimer: forwards count as "forward", backwards as "backward"
         self._keep_arg: dict[int, bool] = {}
 
     def autocast(self, device: torch.device):
@@ -187,7 +188,7 @@ class PolicyForward:
 
     def __call__(self, model, mb: MicroBatch, entropy: bool = False):
         """(logp (b, Tc) float32, entropy (b, Tc) float32 or None); differentiable unless under no_grad."""
-        with self.attention(model, mb):
+        with _phase(self.timer, "forward"), self.attention(model, mb):
             if mb.shared is not None:
                 return self._shared(model, mb, entropy)
             return self._plain(model, mb, entropy)
@@ -274,6 +275,11 @@ def _embed_once(model, prompt_ids: torch.Tensor, comp_ids: torch.Tensor):
     emb = embed(torch.cat([prompt_ids.reshape(-1), comp_ids.reshape(-1)]))  # (U*Lp + b*Tc, d)
     return ({"inputs_embeds": emb[:n].view(*prompt_ids.shape, -1)},
             {"inputs_embeds": emb[n:].view(*comp_ids.shape, -1)})
+
+
+def _phase(timer, name: str):
+    """``timer(name)`` when a phase timer is attached, else a no-op context."""
+    return timer(name) if timer is not None else nullcontext()
 
 
 EAGER_MAX_LEN = 512  # eager attention materialises (b, heads, L, L) scores: only for short sequences
@@ -410,7 +416,8 @@ def accumulate_minibatch(model, forward: PolicyForward, batch, rows: torch.Tenso
         ref = ref_logp[mb.rows, : mb.Tc] if ref_logp is not None else None
         out = loss_fn(logp, old_logp, batch.advantages[mb.rows], mask, ref_logp=ref, **loss_kwargs)
         scaled = out.loss * (out.count / denom)  # the ONE place grad-accumulation scaling happens
-        scaled.backward()
+        with _phase(getattr(forward, "timer", None), "backward"):
+            scaled.backward()
         total = total + scaled.detach()
         tokens += mb.n_tokens
         _micro_metrics(red, out, logp, old_logp, ref, mask, ent)
