@@ -162,6 +162,26 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def reset_peak_rss() -> None:
+    """Restart the kernel's resident high-water mark (VmHWM) of this process (Linux >= 4.0; else no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_since_reset_mb() -> float:
+    """VmHWM in MB: the resident peak since :func:`reset_peak_rss` (NaN where /proc is missing)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # gmpo side
 
@@ -322,6 +342,7 @@ def _alternator(gmpo: GmpoSide, log: dict):
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
+            reset_peak_rss()
             log["t0"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
@@ -330,7 +351,10 @@ def _alternator(gmpo: GmpoSide, log: dict):
                 log["trl_cuda_peak"] = max(log.get("trl_cuda_peak", 0), torch.cuda.max_memory_allocated())
                 torch.cuda.reset_peak_memory_stats()
             log["trl"].append(time.perf_counter() - log["t0"])
+            log["trl_rss"] = max(log.get("trl_rss", 0.0), peak_rss_since_reset_mb())
+            reset_peak_rss()
             rec = gmpo.step()
+            log["gmpo_rss"] = max(log.get("gmpo_rss", 0.0), peak_rss_since_reset_mb())
             if cuda:
                 log["gmpo_cuda_peak"] = max(log.get("gmpo_cuda_peak", 0), torch.cuda.max_memory_allocated())
             k = len(log["trl"])
@@ -440,14 +464,20 @@ def report(args, info: dict) -> str:
         f"| mean reward, all {len(gm_rewards)} steps | {_mean(tr_rewards):.3f} | {_mean(gm_rewards):.3f} | |",
         f"| mean reward, last {lastk} steps | {_mean(tr_rewards[-lastk:]):.3f} | {_mean(gm_rewards[-lastk:]):.3f} | |",
         "",
+        f"Learning parity (gmpo's mean reward over the last {lastk} steps not below TRL's): "
+        + ("**yes**" if _mean(gm_rewards[-lastk:]) >= _mean(tr_rewards[-lastk:]) else "**no**")
+        + (" (too few steps to judge; run the default 30)" if args.steps < 20 else "") + ".",
+        "",
         f"Rollout at equal batch ({ro['rows']} sequences, {ro['max_new']} new tokens, temperature "
         f"{info['temperature']}, bf16 {ro['bf16']}, median of {args.gen_reps}): gmpo engine {ro['engine']:.0f} "
         f"tokens/s, HF `generate` {ro['hf']:.0f} tokens/s ({ro['engine'] / ro['hf']:.1f}x).  ",
         f"Training phase: median {_med(train_s):.2f} s at {_med(mfu) * peak / 1e9:.0f} GFLOP/s model FLOPs "
         f"(6 x params x tokens) = {_med(mfu):.1%} of the {info['peak_dtype']} matmul peak measured in this run "
         f"({peak / 1e9:.0f} GFLOP/s, square 1024 matmul on CPU / 8192 on GPU).  ",
-        f"Peak memory: RSS {info['rss_peak']:.0f} MB for the whole process (both trainers, two model copies; "
-        f"{info['rss_models']:.0f} MB after loading)" + (
+        f"Peak memory (resident, whole process: both trainers live in it): {info['rss_peak']:.0f} MB overall; "
+        f"{info.get('trl_rss') or float('nan'):.0f} MB at most during a TRL step, "
+        f"{info.get('gmpo_rss') or float('nan'):.0f} MB at most during a gmpo step (each includes the other "
+        f"trainer's resident weights and optimizer state; {info['rss_models']:.0f} MB after loading the models)" + (
             f"; CUDA max allocated TRL {info['trl_cuda_peak'] / 2**20:.0f} MB, gmpo {info['gmpo_cuda_peak'] / 2**20:.0f} MB"
             if info.get("trl_cuda_peak") else "") + ".",
         "",
@@ -518,6 +548,7 @@ def main(argv=None) -> int:
         "rollout": ro, "temperature": cfg.rollout.temperature, "peak_flops": side.trainer.peak_flops,
         "peak_dtype": "bf16" if side.trainer.bf16 else "fp32", "rss_peak": rss_mb(), "rss_models": rss_models,
         "trl_cuda_peak": log.get("trl_cuda_peak"), "gmpo_cuda_peak": log.get("gmpo_cuda_peak"),
+        "trl_rss": log.get("trl_rss"), "gmpo_rss": log.get("gmpo_rss"),
     }
     text = report(args, info)
     print(text)

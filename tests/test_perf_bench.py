@@ -115,6 +115,17 @@ def test_report_contains_ratio_curves_and_breakdown(bench, tmp_path):
     assert "| TRL | 0.10 | 0.10 | 0.20 |" in text and "| gmpo | 0.10 | 0.20 | 0.30 |" in text
     assert "5.0x" in text  # engine vs generate
     assert "100 GFLOP/s model FLOPs" in text and "10.0% of the bf16 matmul peak" in text
+    assert "not below TRL's): **yes** (too few steps" in text  # 0.2 (gmpo, last steps) >= 0.133 (TRL)
+
+
+def test_peak_rss_since_reset_sees_a_new_allocation(bench):
+    bench.reset_peak_rss()
+    before = bench.peak_rss_since_reset_mb()
+    if before != before:
+        pytest.skip("no /proc/self/status")
+    block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+    assert bench.peak_rss_since_reset_mb() >= before + 60
+    del block
 
 
 @pytest.mark.slow
