@@ -443,6 +443,8 @@ def report(args, info: dict) -> str:
     train_s = [h["metrics"].get("perf/train_s", float("nan")) for h in info["gmpo"][w:]]
     peak = info["peak_flops"]
     phases = {p: _med([h["phases"][p] for h in info["gmpo"][w:]]) for p in PHASES}
+    trained_all = [h["metrics"].get("perf/rows_trained_frac", 1.0) for h in info["gmpo"]]
+    trained = trained_all[w:]
     ro = info["rollout"]
     kind = "speed run (too short for learning parity)" if args.measure_only else "speed + learning parity"
     lines = [
@@ -480,6 +482,11 @@ def report(args, info: dict) -> str:
         f"trainer's resident weights and optimizer state; {info['rss_models']:.0f} MB after loading the models)" + (
             f"; CUDA max allocated TRL {info['trl_cuda_peak'] / 2**20:.0f} MB, gmpo {info['gmpo_cuda_peak'] / 2**20:.0f} MB"
             if info.get("trl_cuda_peak") else "") + ".",
+        "",
+        f"Rows trained: gmpo ran the training forward/backward on a median {_med(trained):.0%} of the completions "
+        "per measured step (the others had advantage exactly 0 in a group of equal rewards and there is no KL term, "
+        "so their loss and gradient are exactly 0; `train.skip_zero_advantage=false` runs them too, as TRL does). "
+        "Per step: " + ", ".join(f"{t:.2f}" for t in trained_all) + ".",
         "",
         "gmpo step breakdown (median seconds over measured steps):",
         "",

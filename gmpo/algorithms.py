@@ -69,6 +69,16 @@ class AlgorithmSpec:
         return get_loss(self.loss)
 
     @property
+    def zero_advantage_inert(self) -> bool:
+        """True when a completion with advantage exactly 0 adds nothing to the loss or its gradient.
+
+        Every objective here is a sum of units ``-A_i * f(ratios)`` plus ``beta * KL`` when the KL sits in
+        the loss; with no KL term in the loss a unit with A_i = 0 is exactly 0 for any log-probs, so the
+        trainer may leave such rows out of the forward and backward (their denominators still count).
+        """
+        return not (self.kl_in == "loss" and self.beta != 0.0)
+
+    @property
     def needs_reference(self) -> bool:
         """True when a reference policy must be kept (beta != 0, in the loss or in the reward)."""
         return self.beta != 0.0

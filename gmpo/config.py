@@ -142,6 +142,7 @@ class TrainConfig:
     resume: str = ""  # '' | 'auto' (latest in output_dir) | a checkpoint directory
     recompute_old_logp: str = "auto"  # auto (only when the policy moved since sampling) | always | never
     share_prompt_forward: bool = True  # run each prompt once per micro-batch and reuse its KV cache for its completions (off with gradient checkpointing)
+    skip_zero_advantage: bool = True  # leave completions with advantage exactly 0 out of the forward/backward when no KL term is in the loss (their gradient is exactly 0; denominators still count them)
     reward_errors: str = "raise"  # raise: stop naming function and sample | zero: score 0 and count them
 
 

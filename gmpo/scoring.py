@@ -36,6 +36,7 @@ class RolloutBatch:
     advantages_host: torch.Tensor | None = None  # (N,) the same on the host (for logging, no device sync)
     ref_logp: torch.Tensor | None = None  # (N, T) reference-policy log-probs (beta > 0 only)
     share_prompt: bool = False  # run each distinct prompt once per micro-batch (see gmpo.update.SharedPrompt)
+    entropy: torch.Tensor | None = None  # (N, T) float32 sampling-policy entropy per token, when the engine reports it
 
     @property
     def n(self) -> int:
@@ -67,7 +68,7 @@ class RolloutBatch:
                        lengths=self.lengths[idx], rewards=opt(self.rewards, idx),
                        per_fn={k: v[idx.to(v.device)] for k, v in self.per_fn.items()},
                        advantages=opt(self.advantages, dev), advantages_host=opt(self.advantages_host, idx),
-                       ref_logp=opt(self.ref_logp, dev))
+                       ref_logp=opt(self.ref_logp, dev), entropy=opt(self.entropy, dev))
 
     def first_groups(self, n_groups: int) -> "RolloutBatch":
         """The first `n_groups` groups."""
@@ -93,6 +94,7 @@ def concat(batches: list[RolloutBatch]) -> RolloutBatch:
         rewards=None if b0.rewards is None else torch.cat([b.rewards for b in batches]),
         per_fn={k: torch.cat([b.per_fn[k] for b in batches]) for k in b0.per_fn},
         advantages=None, advantages_host=None, ref_logp=None,
+        entropy=cat("entropy") if all(b.entropy is not None for b in batches) else None,
     )
 
 
@@ -105,6 +107,7 @@ def sample(engine, items: list[dict], params: SamplingParams, pad_id: int, devic
         completion_ids=out.completion_ids.to(device), mask=out.completion_mask.to(device).float(),
         rollout_logp=out.logprobs.to(device).float(), truncated=out.truncated.cpu().bool(), texts=list(out.texts),
         lengths=out.completion_mask.sum(-1).long().cpu(), pad_id=pad_id,
+        entropy=out.entropy.to(device).float() if out.entropy is not None else None,
     )
 
 

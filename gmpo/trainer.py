@@ -297,7 +297,7 @@ class Trainer:
         for rnd in range(rounds):
             items = self.loader.next_batch()
             params = SamplingParams(n=G, max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
-                                    top_k=rc.top_k, stop=list(rc.stop), seed=seeding.derive_seed(self.cfg.train.seed, "rollout", step, rnd))
+                                    top_k=rc.top_k, stop=list(rc.stop), entropy=True, seed=seeding.derive_seed(self.cfg.train.seed, "rollout", step, rnd))
             t = time.perf_counter()
             b = scoring.sample(self.engine, items, params, self.tokenizer.pad_token_id, self.device)
             t2 = time.perf_counter()
@@ -376,17 +376,31 @@ class Trainer:
         # order inside a mini-batch: by prompt length, then prompt (groups stay together), then completion length
         key = (torch.tensor([len(p) for p in batch.prompt_ids]) * (N + 1) + torch.arange(N) // batch.group_size) \
             * (batch.mask.shape[1] + 1) + batch.lengths
+        # rows that cannot move the gradient (advantage exactly 0, no KL term in the loss) run no forward
+        inert = None
+        if tc.skip_zero_advantage and spec.zero_advantage_inert:
+            inert = batch.advantages_host == 0  # (N,) on the host: no device sync
+        sm.add("perf/rows_trained_frac", 1.0 - inert.float().mean() if inert is not None else torch.ones(()))
+        if batch.entropy is not None:  # the sampling policy's entropy over every completion token of the batch
+            sm.add("policy/entropy", ops.masked_mean(batch.entropy, batch.mask))
+        want_entropy = batch.entropy is None  # else measure it in the first epoch's training forwards
         n_updates = 0
         for epoch in range(tc.ppo_epochs):
             for rows in torch.randperm(N, generator=gen).split(self.mini_batch_size):
                 rows = rows[torch.argsort(key[rows], stable=True)]  # similar rows share micro-batches
                 loss, tokens, ratio = accumulate_minibatch(
                     self.model, self.forward, batch, rows, micro, spec.loss_fn, spec.loss_kwargs, spec.reduction,
-                    spec.norm_len, old, batch.ref_logp, red, want_entropy=epoch == 0)
+                    spec.norm_len, old, batch.ref_logp, red, want_entropy=want_entropy and epoch == 0, inert=inert)
                 flops += 6.0 * self.n_params * tokens
+                if tokens == 0:  # every row inert: a zero gradient, so AdamW still steps (decay, momentum)
+                    for p in self.params:
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
                 n_updates += 1
                 if n_updates == 1 and self.updates_per_batch > 1 and tc.recompute_old_logp == "auto" and not old.rollout_agrees():
                     stale = old.stale_rows()  # rows the next updates will see with a moved policy
+                    if inert is not None:  # inert rows never run: their old log-probs are never read
+                        stale = stale[~inert.to(stale.device)[stale]]
                     if stale.numel():
                         self.model.eval()
                         flops += 2.0 * self.n_params * no_grad_logp(self.model, self.forward, batch, stale, micro, old.values)

@@ -324,8 +324,8 @@ def _select_cache(cache, index: torch.Tensor, last: bool):
 
 
 def split_rows(rows: torch.Tensor, micro_batch_size: int) -> list[torch.Tensor]:
-    """Cut a 1-D index tensor into consecutive pieces of at most `micro_batch_size`."""
-    return list(torch.split(rows, micro_batch_size))
+    """Cut a 1-D index tensor into consecutive pieces of at most `micro_batch_size` (none when empty)."""
+    return list(torch.split(rows, micro_batch_size)) if rows.numel() else []
 
 
 @torch.no_grad()
@@ -396,11 +396,15 @@ class OldLogp:
 
 def accumulate_minibatch(model, forward: PolicyForward, batch, rows: torch.Tensor, micro_batch_size: int,
                          loss_fn, loss_kwargs: dict, reduction: str, norm_len, old: OldLogp,
-                         ref_logp: torch.Tensor | None, red: Reducer, want_entropy: bool):
+                         ref_logp: torch.Tensor | None, red: Reducer, want_entropy: bool,
+                         inert: torch.Tensor | None = None):
     """Forward + backward one mini-batch (`rows`) in micro-batches; gradients accumulate in `model`.
 
-    Returns (the mini-batch loss as a 0-d tensor, tokens run through the model, {"min", "max"}: this
-    mini-batch's token-ratio extremes as 0-d tensors). Step metrics go to `red`.
+    inert (N,) bool on the host, optional: rows whose loss unit and gradient are exactly 0 whatever the
+    policy (advantage 0 with no KL term in the loss, see ``AlgorithmSpec.zero_advantage_inert``). They
+    run no forward or backward, but the mini-batch denominator still counts them, so the gradient is
+    the same as with them. Returns (the mini-batch loss as a 0-d tensor, tokens run through the model,
+    {"min", "max"}: the token-ratio extremes of the rows run, as 0-d tensors). Step metrics go to `red`.
     """
     full_mask = batch.mask[rows]  # (m, T)
     denom = losses.reduction_count(reduction, full_mask, norm_len)  # the whole mini-batch's denominator
@@ -408,7 +412,8 @@ def accumulate_minibatch(model, forward: PolicyForward, batch, rows: torch.Tenso
     tokens = 0
     rmin = torch.full((), float("inf"), device=full_mask.device)
     rmax = torch.full((), float("-inf"), device=full_mask.device)
-    for chunk in split_rows(rows, micro_batch_size):
+    run = rows if inert is None else rows[~inert[rows]]  # (m',) rows that can move the gradient
+    for chunk in split_rows(run, micro_batch_size):
         mb = batch.micro_batch(chunk)
         logp, ent = forward(model, mb, entropy=want_entropy)  # (b, Tc)
         mask = batch.mask[mb.rows, : mb.Tc]  # (b, Tc)

@@ -24,6 +24,7 @@ class SamplingParams:
     top_k: int = 0
     stop: list[str] = field(default_factory=list)  # stop strings; EOS always stops
     seed: int | None = None  # seeds a private torch.Generator: same seed, same samples
+    entropy: bool = False  # also return the policy entropy at every sampled position (Rollout.entropy)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Rollout:
     truncated: torch.Tensor  # (N,) bool: hit max_new_tokens without EOS or a stop string
     texts: list[str]  # N decoded completions (special tokens skipped, cut after a stop string)
     n: int  # samples per prompt
+    entropy: torch.Tensor | None = None  # (N, T) float32 entropy of log_softmax(logits / temperature) in nats, 0 where mask is 0; when requested
 
     @property
     def lengths(self) -> torch.Tensor:

@@ -122,11 +122,12 @@ def finalize(
     ended: torch.Tensor,
     tokenizer,
     stop: StopChecker,
+    entropy: torch.Tensor | None = None,
 ) -> Rollout:
-    """Assemble a :class:`Rollout` from (N, T) token/log-prob buffers and per-row lengths.
+    """Assemble a :class:`Rollout` from (N, T) token/log-prob (and optional entropy) buffers and per-row lengths.
 
     ``ended`` (N,) bool marks rows that stopped on EOS or a stop string; every other row hit the cap.
-    Columns past the longest completion are dropped; padding gets ``pad_token_id`` and log-prob 0.
+    Columns past the longest completion are dropped; padding gets ``pad_token_id``, log-prob 0 and entropy 0.
     """
     width = max(int(lengths.max()), 1)
     tokens, logprobs = tokens[:, :width].cpu(), logprobs[:, :width].float().cpu()  # (N, T)
@@ -134,6 +135,8 @@ def finalize(
     mask = (torch.arange(width)[None, :] < lengths[:, None]).float()  # (N, T)
     tokens = torch.where(mask.bool(), tokens, torch.full_like(tokens, pad_token_id(tokenizer)))
     logprobs = logprobs * mask
+    if entropy is not None:
+        entropy = entropy[:, :width].float().cpu() * mask  # (N, T)
     texts = tokenizer.batch_decode([row[:l] for row, l in zip(tokens.tolist(), lengths.tolist())], skip_special_tokens=True)
     if stop:
         texts = [stop.cut(t)[0] for t in texts]
@@ -145,6 +148,7 @@ def finalize(
         truncated=~ended.cpu(),
         texts=texts,
         n=n,
+        entropy=entropy,
     )
 
 
@@ -175,10 +179,24 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch
     return (b * block + torch.minimum(j, last)).squeeze(-1)
 
 
+def softmax_entropy(z: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """(R,) entropy in nats of softmax(z) for z (R, V) float32: H = logsumexp(z) - sum_v p_v z_v.
+
+    ``probs``: softmax(z) when the caller already has it. The dot product is fused (no (R, V) temporary).
+    """
+    p = torch.softmax(z, -1) if probs is None else probs
+    return torch.logsumexp(z, -1) - torch.linalg.vecdot(p, z)
+
+
 def sample_from_logits(
-    logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
-) -> tuple[torch.Tensor, torch.Tensor]:
+    logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
+    with_entropy: bool = False,
+):
     """Pick one token per row and return (tokens (R,) long, log-probs (R,) float32).
+
+    With ``with_entropy`` the result is (tokens, log-probs, entropy (R,) float32): the entropy of
+    ``softmax(logits / temperature)`` (temperature 1 when greedy), the distribution the log-probs
+    come from, as H = logsumexp(z) - sum_v p_v z_v (one fused dot product, no (R, V) temporary).
 
     ``logits`` (R, V); ``u`` (R,) uniforms in [0, 1) that decide the draw (ignored when greedy).
     The log-prob is ``log_softmax(logits / temperature)`` at the token (temperature 1 when greedy),
@@ -189,8 +207,13 @@ def sample_from_logits(
     logits = logits.float()  # (R, V)
     if temperature == 0:  # greedy
         tok = logits.argmax(-1)  # (R,)
-        return tok, logits.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
-    probs_all = torch.softmax(logits if temperature == 1 else logits / temperature, dim=-1)  # (R, V)
+        lse = torch.logsumexp(logits, -1)  # (R,)
+        lp = logits.gather(-1, tok[:, None]).squeeze(-1) - lse
+        if not with_entropy:
+            return tok, lp
+        return tok, lp, softmax_entropy(logits)
+    z = logits if temperature == 1 else logits / temperature  # (R, V)
+    probs_all = torch.softmax(z, dim=-1)  # (R, V)
     probs, ids = probs_all, None  # ids: candidate token ids when probs is a sorted subset of the vocabulary
     if 0 < top_k < probs.shape[-1]:
         probs, ids = probs.topk(top_k, dim=-1)  # (R, k), sorted descending
@@ -203,7 +226,10 @@ def sample_from_logits(
     j = inverse_cdf(probs, u)  # (R,)
     tok = ids.gather(-1, j[:, None]).squeeze(-1) if ids is not None else j
     # log of the softmax entry: within ~1e-7 of log_softmax, and positive by construction of the pick
-    return tok, probs_all.gather(-1, tok[:, None]).squeeze(-1).log()
+    lp = probs_all.gather(-1, tok[:, None]).squeeze(-1).log()
+    if not with_entropy:
+        return tok, lp
+    return tok, lp, softmax_entropy(z, probs_all)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -345,14 +371,16 @@ class _Outputs:
     logprobs: torch.Tensor  # (N, T) float32
     lengths: torch.Tensor  # (N,) long
     ended: torch.Tensor  # (N,) bool: stopped on EOS / a stop string
+    entropy: torch.Tensor | None = None  # (N, T) float32 when requested
 
     @classmethod
-    def empty(cls, N: int, T: int, pad: int, device) -> "_Outputs":
+    def empty(cls, N: int, T: int, pad: int, device, entropy: bool = False) -> "_Outputs":
         return cls(
             tokens=torch.full((N, T), pad, dtype=torch.long, device=device),
             logprobs=torch.zeros((N, T), dtype=torch.float32, device=device),
             lengths=torch.zeros(N, dtype=torch.long, device=device),
             ended=torch.zeros(N, dtype=torch.bool, device=device),
+            entropy=torch.zeros((N, T), dtype=torch.float32, device=device) if entropy else None,
         )
 
 
@@ -407,7 +435,7 @@ class KVCacheEngine:
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)))
         gen = torch.Generator().manual_seed(seed)
         uniforms = torch.rand((N, T), generator=gen).to(device)  # (N, T): row r's draw at step t, whatever the batching
-        out = _Outputs.empty(N, T, pad_token_id(self.tokenizer), device)
+        out = _Outputs.empty(N, T, pad_token_id(self.tokenizer), device, entropy=params.entropy)
         stop = StopChecker(self.tokenizer, params.stop)
 
         was_training = self.model.training
@@ -423,7 +451,7 @@ class KVCacheEngine:
                     self._run_chunk(prompts, n, rows, params, uniforms, out, stop, device)
         finally:
             self.model.train(was_training)
-        return finalize(prompts, n, out.tokens, out.logprobs, out.lengths, out.ended, self.tokenizer, stop)
+        return finalize(prompts, n, out.tokens, out.logprobs, out.lengths, out.ended, self.tokenizer, stop, out.entropy)
 
     # -- internals -------------------------------------------------------------------------------------
 
@@ -513,9 +541,13 @@ class KVCacheEngine:
         L = attn.shape[1]
         attn = torch.cat([attn, attn.new_ones((R, T))], dim=-1)  # (R, L + T); step t sees [:, : L + t + 1]
         for t in range(T):
-            tok, lp = sample_from_logits(logits, u_chunk[:, t], params.temperature, params.top_k, params.top_p)  # (R,)
+            picked = sample_from_logits(logits, u_chunk[:, t], params.temperature, params.top_k, params.top_p,
+                                        with_entropy=params.entropy)
+            tok, lp = picked[0], picked[1]  # (R,) each
             out.tokens[active, t] = tok
             out.logprobs[active, t] = lp
+            if params.entropy:
+                out.entropy[active, t] = picked[2]
             done = torch.isin(tok, eos)  # (R,) bool
             if stop:
                 for h, tid in zip(history, tok.tolist()):

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 import torch
 
 from gmpo.rollout.base import Rollout, SamplingParams
-from gmpo.rollout.engine import StopChecker, eos_token_ids, finalize, pad_token_id, validate_request
+from gmpo.rollout.engine import StopChecker, eos_token_ids, finalize, pad_token_id, softmax_entropy, validate_request
 
 
 class HFGenerateEngine:
@@ -78,6 +78,9 @@ class HFGenerateEngine:
             [torch.log_softmax(step.float() / temp, -1).gather(-1, gen[:, t, None]).squeeze(-1) for t, step in enumerate(out.logits)],
             dim=1,
         ).cpu()  # (N, T')
+        ent = None
+        if params.entropy:  # of softmax(logits / temperature), the distribution the log-probs come from
+            ent = torch.stack([softmax_entropy(step.float() / temp) for step in out.logits], dim=1).cpu()  # (N, T')
         gen = gen.cpu()
         # Where each row really ends: the first EOS, or the step its decoded text first holds a stop string.
         stop = StopChecker(self.tokenizer, params.stop)
@@ -94,4 +97,8 @@ class HFGenerateEngine:
         tokens = torch.full((N, T), pad, dtype=torch.long)
         logprobs = torch.zeros((N, T), dtype=torch.float32)
         tokens[:, :Tg], logprobs[:, :Tg] = gen, lp
-        return finalize(prompts, params.n, tokens, logprobs, lengths, ended, self.tokenizer, stop)
+        entropy = None
+        if ent is not None:
+            entropy = torch.zeros((N, T), dtype=torch.float32)
+            entropy[:, :Tg] = ent
+        return finalize(prompts, params.n, tokens, logprobs, lengths, ended, self.tokenizer, stop, entropy)
