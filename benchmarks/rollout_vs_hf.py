@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -206,7 +207,8 @@ def main(argv=None) -> int:
                 "greedy_rows_identical": same, "others_busy_cores": max(busy),
             }
             rows.append(row)
-            print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+            rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            print(json.dumps({**{k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}, "peak_rss_gb": round(rss_gb, 2)}), flush=True)
     load_end = os.getloadavg()[0]
 
     command = " ".join([".venv/bin/python benchmarks/rollout_vs_hf.py", *(sys.argv[1:] if argv is None else argv)])
