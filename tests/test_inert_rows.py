@@ -176,3 +176,33 @@ def test_trainer_entropy_comes_from_the_rollout(tmp_path, tok):
     flags.clear()
     m2 = tr.train_step(2)
     assert any(flags) and m2["policy/entropy"] > 0
+
+
+def test_skipping_is_exact_across_epochs_and_minibatches(tmp_path, tok):
+    """Two epochs x two mini-batches (later updates off-policy, old log-probs recomputed where needed), the
+    first group's advantages forced to 0: the skipping trainer ends at the non-skipping one's weights while
+    running fewer forwards."""
+    results = []
+    for skip in (False, True):
+        tr = make_trainer(tmp_path / str(skip), tok, optim={"weight_decay": 0.1},
+                          train={"skip_zero_advantage": skip, "ppo_epochs": 2, "mini_batch_size": 4,
+                                 "micro_batch_size": 2, "recompute_old_logp": "always"})
+        prepare = tr._prepare
+
+        def zero_first_group(batch, sm, prepare=prepare):
+            flops = prepare(batch, sm)
+            batch.advantages[:4] = 0.0
+            batch.advantages_host[:4] = 0.0
+            return flops
+
+        tr._prepare = zero_first_group
+        calls = count_forwards(tr)
+        tr.samples, tr.peak_flops = SamplesWriter(tmp_path / f"s{skip}.jsonl", 0), 1e12
+        m = tr.train_step(1)
+        results.append((weights(tr.model), sum(calls), m))
+    (w_full, n_full, m_full), (w_skip, n_skip, m_skip) = results
+    assert m_skip["perf/rows_trained_frac"] <= 0.5 < m_full["perf/rows_trained_frac"] == 1.0
+    assert n_skip < n_full
+    for name in w_full:
+        torch.testing.assert_close(w_skip[name], w_full[name], rtol=1e-5, atol=1e-6)
+    assert m_skip["loss/value"] == pytest.approx(m_full["loss/value"], rel=1e-4, abs=1e-7)
