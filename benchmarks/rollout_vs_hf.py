@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         "",
         f"- command: `{command}`",
         f"- model: {model_name}; prompts: GSM8K test questions in the chat template",
-        f"- machine: {machine()}; load average {load_start:.1f} at start, {load_end:.1f} at end (shared machine)",
+        f"- machine: {machine()}; load average {load_start:.1f} at start, {load_end:.1f} at end",
         "",
         "| workload | dtype | rows | engine tok/s | HF generate tok/s | speedup | engine s | HF s | greedy rows identical | max cores busy before a run |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -235,6 +235,8 @@ def main(argv=None) -> int:
         with RESULTS.open("a") as f:
             if new:
                 f.write("# Benchmark results\n\nAppend-only log of benchmark runs (newest last).\n\n")
+            elif not RESULTS.read_text().endswith("\n\n"):
+                f.write("\n")  # a blank line before the new section
             f.write(text + "\n")
         print(f"appended to {RESULTS}")
     return 0
