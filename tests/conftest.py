@@ -42,3 +42,12 @@ def model(tok):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run ~10x faster on one thread on this shared 2-core machine; the count is restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

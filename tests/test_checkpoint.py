@@ -11,12 +11,8 @@ from gmpo.trainer import Trainer
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run ~10x faster on one thread on this shared 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after
+
 
 def parity_reward(prompts, completions, **columns):
     return [float(sum(map(ord, c)) % 2 == 0) for c in completions]

@@ -20,12 +20,8 @@ SECTION4 = [
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run ~10x faster on one thread on this shared 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after
+
 
 def parity_reward(prompts, completions, **columns):
     """1 when the completion's character codes sum to an even number: signal inside every group."""

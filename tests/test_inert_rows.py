@@ -15,12 +15,7 @@ from gmpo.update import OldLogp, accumulate_minibatch, no_grad_logp
 from test_trainer import make_trainer, weights  # tests/ is on sys.path (pytest rootdir-less test modules)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after
 
 
 def count_forwards(tr) -> list[int]:

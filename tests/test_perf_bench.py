@@ -1,6 +1,7 @@
 """benchmarks/step_vs_trl.py without TRL: the gmpo side on a tiny model, its step breakdown, the TRL reward
 wrapper's truncation rule, the dataset order, FLOP accounting and the report. The full TRL run is slow-marked."""
 import importlib.util
+import mmap
 import sys
 from pathlib import Path
 
@@ -21,12 +22,7 @@ def bench():
     return mod
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after
 
 
 def _side(bench, tmp_path, steps=3, extra=()):
@@ -124,9 +120,17 @@ def test_peak_rss_since_reset_sees_a_new_allocation(bench):
     before = bench.peak_rss_since_reset_mb()
     if before != before:
         pytest.skip("no /proc/self/status")
-    block = torch.ones(64 * 2**20 // 4)  # 64 MB, touched
+    # A fresh anonymous mapping in 4 KB pages, every page written: the pages cannot come from memory the
+    # allocator kept, and with 16384 faults the kernel's lazily synced RSS counters must catch up (with
+    # transparent huge pages 64 MB is only 32 faults, below the per-task sync threshold of 64).
+    size = 64 * 2**20
+    block = mmap.mmap(-1, size)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        block.madvise(mmap.MADV_NOHUGEPAGE)
+    for off in range(0, size, 4096):
+        block[off] = 1
     assert bench.peak_rss_since_reset_mb() >= before + 60
-    del block
+    block.close()
 
 
 @pytest.mark.slow

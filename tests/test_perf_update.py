@@ -13,13 +13,7 @@ from gmpo.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
 from gmpo.update import length_buckets
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run ~10x faster on one thread on this shared 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after
 
 
 def _ref(logits, labels, temperature=1.0):

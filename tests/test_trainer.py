@@ -15,12 +15,8 @@ from gmpo.update import OldLogp, accumulate_minibatch, no_grad_logp
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run ~10x faster on one thread on this shared 2-core machine; restore afterwards."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after
+
 
 def varied_reward(prompts, completions, **columns):
     """Test reward with signal inside groups: 1 when the character codes of the completion sum to an even number."""
