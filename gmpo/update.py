@@ -235,7 +235,7 @@ class PolicyForward:
             lp0, h0 = self._logp(first, sp.labels[:, :1], entropy)  # (b, 1)
             if mb.Tc == 1:
                 return lp0, h0
-            b, Lp = sp.expand.shape[0], sp.prompt_ids.shape[1]
+            b = sp.expand.shape[0]
             lps, hs, order = [], [], []
             buckets = sp.buckets or [(torch.arange(b, device=sp.expand.device), mb.Tc)]
             for rows, tb in buckets:

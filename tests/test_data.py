@@ -5,7 +5,8 @@ import datasets
 import pytest
 
 from gmpo.config import ArithmeticConfig, DataConfig
-from gmpo.data import DataError, PromptLoader, arithmetic_splits, build_datasets, load_prompts
+from gmpo.arithmetic import arithmetic_splits
+from gmpo.data import DataError, PromptLoader, build_datasets, load_prompts
 
 
 # ----------------------------------------------------------------------------------------------
