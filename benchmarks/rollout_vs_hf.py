@@ -138,16 +138,11 @@ def wait_for_quiet(max_busy: float, timeout: float) -> float:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import transformers
 
+    from gmpo.perf import cpu_name
+
+    cpu = cpu_name()
     return (
         f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}, Python {platform.python_version()}"

@@ -129,16 +129,11 @@ def gmpo_config(args, out_dir: str, device: torch.device):
 
 
 def machine(threads: int) -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import transformers
 
+    from gmpo.perf import cpu_name
+
+    cpu = cpu_name()
     try:
         import trl
 

@@ -207,6 +207,15 @@ class _TokenEntropy(torch.autograd.Function):
         return grad.view(logits.shape), None, None
 
 
+def softmax_entropy(z: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """(R,) entropy in nats of softmax(z) for z (R, V) float32: H = logsumexp(z) - sum_v p_v z_v.
+
+    ``probs``: softmax(z) when the caller already has it. The dot product is fused (no (R, V) temporary).
+    """
+    p = torch.softmax(z, -1) if probs is None else probs
+    return torch.logsumexp(z, -1) - torch.linalg.vecdot(p, z)
+
+
 def token_entropy(logits: torch.Tensor, chunk_size: int | None = None,
                   temperature: float = 1.0) -> torch.Tensor:
     """Entropy of softmax(logits / temperature) at every position, (B, T) float32.

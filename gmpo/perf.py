@@ -142,6 +142,20 @@ def _wrap(obj, name: str, timer: PhaseTimer, phase: str) -> None:
     setattr(obj, name, timed)
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo ("model name"), else ``platform.processor()``, else "unknown CPU"."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def training_flops(n_params: int, grad_tokens: int, no_grad_tokens: int = 0) -> float:
     """Model FLOPs of a training phase: 6 x params x tokens with a backward, 2 x params x tokens without.
 

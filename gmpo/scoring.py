@@ -107,7 +107,7 @@ def sample(engine, items: list[dict], params: SamplingParams, pad_id: int, devic
         completion_ids=out.completion_ids.to(device), mask=out.completion_mask.to(device).float(),
         rollout_logp=out.logprobs.to(device).float(), truncated=out.truncated.cpu().bool(), texts=list(out.texts),
         lengths=out.completion_mask.sum(-1).long().cpu(), pad_id=pad_id,
-        entropy=out.entropy.to(device).float() if out.entropy is not None else None,
+        entropy=out.entropy.to(device) if out.entropy is not None else None,
     )
 
 

@@ -335,7 +335,7 @@ class Trainer:
             else:  # LoRA: the base model is the adapter-free policy
                 with self.model.disable_adapter():
                     tokens = no_grad_logp(self.model, self.forward, batch, rows, self.cfg.train.micro_batch_size, batch.ref_logp)
-            flops += 2.0 * self.n_params * tokens
+            flops += perf.training_flops(self.n_params, 0, no_grad_tokens=tokens)
             if spec.kl_in == "reward":  # r_i -= beta * sum_t KL_t (sequence KL at sampling time)
                 kl = ops.masked_sum(ops.kl_penalty(batch.rollout_logp, batch.ref_logp, spec.kl_estimator), batch.mask, -1)
                 batch.rewards = batch.rewards - spec.beta * kl.float().cpu()
@@ -369,7 +369,7 @@ class Trainer:
         flops = 0.0
         if tc.recompute_old_logp == "always":  # one no-grad forward before the first update
             self.model.eval()
-            flops += 2.0 * self.n_params * no_grad_logp(self.model, self.forward, batch, torch.arange(N), micro, old.values)
+            flops += perf.training_flops(self.n_params, 0, no_grad_logp(self.model, self.forward, batch, torch.arange(N), micro, old.values))
         self.model.train()
         red = Reducer()
         gen = torch.Generator().manual_seed(seeding.derive_seed(tc.seed, "shuffle", step))
@@ -391,7 +391,7 @@ class Trainer:
                 loss, tokens, ratio = accumulate_minibatch(
                     self.model, self.forward, batch, rows, micro, spec.loss_fn, spec.loss_kwargs, spec.reduction,
                     spec.norm_len, old, batch.ref_logp, red, want_entropy=want_entropy and epoch == 0, inert=inert)
-                flops += 6.0 * self.n_params * tokens
+                flops += perf.training_flops(self.n_params, tokens)
                 if tokens == 0:  # every row inert: a zero gradient, so AdamW still steps (decay, momentum)
                     for p in self.params:
                         if p.grad is None:
@@ -403,7 +403,7 @@ class Trainer:
                         stale = stale[~inert.to(stale.device)[stale]]
                     if stale.numel():
                         self.model.eval()
-                        flops += 2.0 * self.n_params * no_grad_logp(self.model, self.forward, batch, stale, micro, old.values)
+                        flops += perf.training_flops(self.n_params, 0, no_grad_logp(self.model, self.forward, batch, stale, micro, old.values))
                         self.model.train()
                 moved = self._optimizer_step(step, loss, ratio, red, sm)
                 old.policy_moved = old.policy_moved or moved

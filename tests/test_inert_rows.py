@@ -6,7 +6,8 @@ import torch
 from gmpo import algorithms, ops
 from gmpo.config import AlgorithmConfig
 from gmpo.rollout import SamplingParams
-from gmpo.rollout.engine import KVCacheEngine, sample_from_logits, softmax_entropy
+from gmpo.ops import softmax_entropy
+from gmpo.rollout.engine import KVCacheEngine, sample_from_logits
 from gmpo.rollout.hf import HFGenerateEngine
 from gmpo.telemetry.collector import Reducer
 from gmpo.telemetry.sinks import SamplesWriter

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gmpo.ops import softmax_entropy
 from gmpo.rollout.base import Rollout, SamplingParams
 
 
@@ -177,15 +178,6 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor, block: int = 256) -> torch
     # rounding can push j past the block's last positive entry (or into a zero tail): clamp back
     last = ((inner > 0) * torch.arange(block, device=probs.device)).amax(-1, keepdim=True)  # (R, 1)
     return (b * block + torch.minimum(j, last)).squeeze(-1)
-
-
-def softmax_entropy(z: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
-    """(R,) entropy in nats of softmax(z) for z (R, V) float32: H = logsumexp(z) - sum_v p_v z_v.
-
-    ``probs``: softmax(z) when the caller already has it. The dot product is fused (no (R, V) temporary).
-    """
-    p = torch.softmax(z, -1) if probs is None else probs
-    return torch.logsumexp(z, -1) - torch.linalg.vecdot(p, z)
 
 
 def sample_from_logits(

@@ -12,7 +12,8 @@ from contextlib import nullcontext
 import torch
 
 from gmpo.rollout.base import Rollout, SamplingParams
-from gmpo.rollout.engine import StopChecker, eos_token_ids, finalize, pad_token_id, softmax_entropy, validate_request
+from gmpo.ops import softmax_entropy
+from gmpo.rollout.engine import StopChecker, eos_token_ids, finalize, pad_token_id, validate_request
 
 
 class HFGenerateEngine:
