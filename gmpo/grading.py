@@ -121,16 +121,8 @@ def _clean_phrase(s: str) -> str:
     return s
 
 
-def extract_answer(text: str | None, *, last_number: bool = True) -> str | None:
-    """The final answer of a completion.
-
-    Order: the last ``\\boxed{}`` (an empty box gives ``""``, which grades wrong); else the content of
-    the last ``<answer>...</answer>`` (R1 template; an unclosed tag runs to the end); else the text after
-    the last "answer is" / "Answer:" / "Final Answer:" / "####" up to the end of that sentence or
-    ``$...$`` span; else (if ``last_number``) the last number in the text; else ``None``.
-    """
-    if not text:
-        return None
+def _explicit_answer(text: str) -> str | None:
+    """The answer the completion states: last box, else last ``<answer>`` tag, else last "answer is"."""
     boxed = extract_boxed(text)
     if boxed is not None:
         return boxed
@@ -145,10 +137,29 @@ def extract_answer(text: str | None, *, last_number: bool = True) -> str | None:
         ans = _clean_phrase(line)
         if ans:
             return ans
-    nums = _NUMBER_RE.findall(text) if last_number else []
-    if nums:
-        return nums[-1].replace(",", "")
     return None
+
+
+def _last_number(text: str) -> str | None:
+    """The last number in ``text`` without thousands commas ("1,500" -> "1500"), or None."""
+    nums = _NUMBER_RE.findall(text)
+    return nums[-1].replace(",", "") if nums else None
+
+
+def extract_answer(text: str | None, *, last_number: bool = True) -> str | None:
+    """The final answer of a completion.
+
+    Order: the last ``\\boxed{}`` (an empty box gives ``""``, which grades wrong); else the content of
+    the last ``<answer>...</answer>`` (R1 template; an unclosed tag runs to the end); else the text after
+    the last "answer is" / "Answer:" / "Final Answer:" / "####" up to the end of that sentence or
+    ``$...$`` span; else (if ``last_number``) the last number in the text; else ``None``.
+    """
+    if not text:
+        return None
+    explicit = _explicit_answer(text)
+    if explicit is not None or not last_number:
+        return explicit
+    return _last_number(text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -468,8 +479,9 @@ def _ws(s: str) -> str:
 def strip_question_echo(completion: str, question: str) -> str:
     """``completion`` without the spans (>= 20 characters, whitespace-insensitive) copied from ``question``.
 
-    Numbers copied from the question then cannot become the "last number" fallback answer. Each
-    removal is the longest remaining common span (difflib), so repeated or partial echoes all go.
+    Used only before the last-number fallback (:func:`final_answer`), never on an explicit answer:
+    numbers copied from the question then cannot become the "last number" answer. Each removal is the
+    longest remaining common span (difflib), so repeated or partial echoes all go.
     """
     from difflib import SequenceMatcher
 
@@ -486,20 +498,35 @@ def strip_question_echo(completion: str, question: str) -> str:
     return text if removed else completion
 
 
+def final_answer(completion: str | None, question: str | None = None, *, last_number: bool = True) -> str | None:
+    """The final answer of ``completion`` as :func:`grade` reads it.
+
+    An explicit answer (box, ``<answer>`` tag, "the answer is") is taken from the raw completion, so a
+    right answer that repeats a piece of the question (a matrix, a tuple) stays whole. Only when there
+    is none, and ``last_number`` is on, the last number is taken, from the completion without the spans
+    it copied from ``question`` (:func:`strip_question_echo`): restating the problem is not an answer.
+    """
+    if not completion:
+        return None
+    explicit = _explicit_answer(completion)
+    if explicit is not None or not last_number:
+        return explicit
+    return _last_number(strip_question_echo(completion, question) if question else completion)
+
+
 def grade(completion: str, gold, timeout: float = 5.0, *, question: str | None = None,
           truncated: bool = False, last_number: bool = True) -> GradeResult:
-    """Extract the final answer of ``completion`` (:func:`extract_answer`) and :func:`verify` it.
+    """Extract the final answer of ``completion`` (:func:`final_answer`) and :func:`verify` it.
 
-    Pass ``question`` where it is known: restated parts of it are ignored (:func:`strip_question_echo`),
-    so echoing the problem ("... if the flock is 20 chickens?") is not graded by its last number.
+    Pass ``question`` where it is known: a completion with no explicit answer that restates the problem
+    ("... if the flock is 20 chickens?") is then not graded by the question's last number.
     ``truncated=True`` (the completion hit its token budget) grades explicit final answers only (box,
     answer tag, answer phrase): the last number of an unfinished computation is not an answer.
     ``last_number=False`` does so for every completion (strict: an explicit final answer is required).
     """
-    text = strip_question_echo(completion, question) if question else completion
-    pred = extract_answer(text, last_number=last_number and not truncated)
+    pred = final_answer(completion, question, last_number=last_number and not truncated)
     return GradeResult(correct=verify(pred, gold, timeout), pred=pred)
 
 
-__all__ = ["GradeResult", "extract_answer", "extract_boxed", "grade", "grader_stats", "shutdown", "strip_question_echo",
+__all__ = ["GradeResult", "extract_answer", "extract_boxed", "final_answer", "grade", "grader_stats", "shutdown", "strip_question_echo",
            "verify"]

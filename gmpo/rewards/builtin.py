@@ -5,10 +5,10 @@
 columns arrive as keyword lists of the same length; the gold answer is the ``answer`` column. Options
 given in a reward spec's ``kwargs`` arrive as plain keyword arguments.
 
-Every answer reward reads only the completion's *final* answer (:func:`gmpo.grading.extract_answer`:
-the last ``\\boxed{}``, else "the answer is X" / "#### X", else the last number), after removing spans
-copied from the prompt (:func:`gmpo.grading.strip_question_echo`), so restating the question does not
-put its numbers in the answer position.
+Every answer reward reads only the completion's *final* answer (:func:`gmpo.grading.final_answer`:
+the last ``\\boxed{}``, else "the answer is X" / "#### X", all read from the raw completion; else the
+last number of the completion without the spans it copied from the prompt), so restating the question
+does not put its numbers in the answer position, and an answer that repeats part of it stays whole.
 """
 from __future__ import annotations
 
@@ -78,11 +78,10 @@ def _gold_numbers(gold: Any, name: str) -> list[float]:
 
 
 def _final_answer(prompt: Any, completion: Any) -> tuple[str, str | None]:
-    """(completion text, its extracted final answer with prompt echoes removed)."""
+    """(completion text, its final answer: :func:`gmpo.grading.final_answer` with the prompt as question)."""
     text = _text(completion)
     question = _text(prompt) if prompt is not None else None
-    cleaned = grading.strip_question_echo(text, question) if question else text
-    return text, grading.extract_answer(cleaned)
+    return text, grading.final_answer(text, question)
 
 
 def _golds(answer: list | None, n: int, name: str) -> list:
