@@ -528,5 +528,6 @@ def grade(completion: str, gold, timeout: float = 5.0, *, question: str | None =
     return GradeResult(correct=verify(pred, gold, timeout), pred=pred)
 
 
-__all__ = ["GradeResult", "extract_answer", "extract_boxed", "final_answer", "grade", "grader_stats", "shutdown", "strip_question_echo",
+__all__ = ["GradeResult", "extract_answer", "extract_boxed", "final_answer", "grade", "grader_stats", "shutdown",
+           "strip_question_echo",
            "verify"]

@@ -241,3 +241,35 @@ def test_runner_input_checks():
         RewardRunner([RewardSpec("format")])(["q"], ["a", "b"], {})
     with pytest.raises(ValueError, match="weight must be a finite number"):
         RewardRunner([RewardSpec("format", float("nan"))])
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 16 defect 4: the single-number shortcut is for plain numbers only
+
+@pytest.mark.parametrize("completion,score", [
+    ("\\boxed{\\sqrt{72}}", 0), ("\\boxed{72!}", 0), ("\\boxed{x^{72}}", 0), ("\\boxed{\\log 72}", 0),
+    ("\\boxed{72^{2}}", 0), ("\\boxed{-72}", 0), ("\\boxed{72\\%}", 1), ("72 percent", 1),
+    ("\\boxed{\\sqrt{5184}}", 1), ("\\boxed{\\frac{144}{2}}", 1), ("\\boxed{8 \\cdot 9}", 1),
+    ("\\boxed{72}", 1), ("\\boxed{72.0}", 1), ("\\boxed{+72}", 1), ("\\boxed{\\$72}", 1), ("The answer is $72.", 1),
+    ("\\boxed{72 \\text{ clips}}", 1), ("The answer is 72 clips.", 1), ("\\boxed{x = 72}", 1),
+])
+def test_gsm8k_answer_single_number_shortcut_only_for_plain_numbers(completion, score):
+    assert _score(gsm8k_answer, [completion], "#### 72") == [score]
+
+
+def test_plain_number():
+    from gmpo.rewards.builtin import plain_number
+
+    for text, value in [("72", 72.0), ("-3", -3.0), ("+4.5", 4.5), ("1,000", 1000.0), ("$1,200", 1200.0),
+                        ("\\$18", 18.0), ("18 dollars", 18.0), ("12 km/h", 12.0), ("72 \\text{ clips}", 72.0),
+                        ("x = 5", 5.0), ("\u22127", -7.0), (".5", 0.5), ("3.", 3.0),
+                        ("25\\%", 25.0), ("25%", 25.0)]:
+        assert plain_number(text) == value, text
+    for text in ["\\sqrt{72}", "72!", "x^{72}", "\\log 72", "2 pi", "3 or 4", "1,2,3", "10^{3}", "",
+                 None, "2x = 72", "72 clips and 3 pears", "\\frac{1}{2}", "e^{2}"]:
+        assert plain_number(text) is None, text
+
+
+def test_numeric_answer_takes_plain_numbers_only():
+    got = _score(numeric_answer, ["\\boxed{\\sqrt{72}}", "\\boxed{72!}", "\\boxed{72}", "72 clips"], "72")
+    assert got == [0, 0, 1, 1]

@@ -60,6 +60,36 @@ def single_number(text: str | None) -> float | None:
     return found[0] if len(found) == 1 else None
 
 
+# A plain-number answer: an optional "x =" and currency sign, a signed number with optional thousands
+# commas and decimals, then optional plain unit words ("dollars", "\\text{ clips}", "km/h") or a percent
+# sign (GSM8K golds of "what percent" questions are the bare number). Nothing else: "\\sqrt{72}", "72!",
+# "x^{72}" and "\\log 72" are expressions, not the number 72.
+_PLAIN_RE = re.compile(
+    r"(?:[A-Za-z]\s*=\s*)?(?:\\?\$\s*)?([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+)"
+    r"\s*(?:\\[,;! ]\s*)*(\\?%|percent|[A-Za-z][A-Za-z\s/.\-]*)?"
+)
+_TEXT_RE = re.compile(r"\\(?:text|textrm|mbox|mathrm)\{([^{}]*)\}")
+_NOT_UNITS = {"and", "or", "not", "nor", "plus", "minus", "times", "over", "pi", "e", "i", "x"}
+
+
+def plain_number(text: str | None) -> float | None:
+    """The value of an answer that is a plain number ("72", "-3", "$1,200", "18 dollars", "25\\%", "x = 5").
+
+    None for anything else: expressions holding one numeral ("\\sqrt{72}", "72!", "x^{72}", "\\log 72")
+    are not that number, and several numbers ("3 or 4", "1,2,3") are not one answer.
+    """
+    if text is None:
+        return None
+    s = _TEXT_RE.sub(r" \1", text.replace("\u2212", "-")).strip().strip("$").strip()
+    m = _PLAIN_RE.fullmatch(s.rstrip(".").strip())
+    if not m:
+        return None
+    units = (m.group(2) or "").lower()
+    if units and units[-1] != "%" and (len(units.split()[0]) < 2 or set(units.replace("/", " ").split()) & _NOT_UNITS):
+        return None
+    return float(m.group(1).replace(",", ""))
+
+
 def _gold_numbers(gold: Any, name: str) -> list[float]:
     """Numeric gold(s): a number, a numeric string ("1,000", "#### 72"), or a list of those."""
     if isinstance(gold, (list, tuple)):
@@ -116,15 +146,16 @@ def gsm8k_answer(prompts, completions, answer=None, timeout: float = 5.0, **colu
     """GSM8K: 1.0 when the final answer equals the gold number after ``#### `` in the ``answer`` column.
 
     The prediction is the completion's final answer (boxed / "answer is" / "####" / last number); a
-    prediction holding one number is compared numerically (commas and ``$`` ignored, tolerance 1e-6);
-    any other form ("\\frac{36}{2}") goes to math-verify against the gold number.
+    plain number (:func:`plain_number`: commas, ``$``, unit words and ``%`` ignored) is compared
+    numerically (tolerance 1e-6); any other form ("\\frac{144}{2}", "\\sqrt{72}") goes to math-verify
+    against the gold number, so an expression is graded by its value, never by the numeral inside it.
     """
     golds = _golds(answer, len(completions), "gsm8k_answer")
     out = []
     for p, c, g in zip(prompts, completions, golds):
         gold = _gold_numbers(g, "gsm8k_answer")
         _, pred = _final_answer(p, c)
-        value = single_number(pred)
+        value = plain_number(pred)
         if value is not None:
             out.append(float(_close(value, gold)))
         else:
@@ -134,7 +165,7 @@ def gsm8k_answer(prompts, completions, answer=None, timeout: float = 5.0, **colu
 
 @_options()
 def numeric_answer(prompts, completions, answer=None, **columns) -> list[float]:
-    """1.0 when the final answer is exactly one number equal to the gold (|pred - gold| <= 1e-6).
+    """1.0 when the final answer is a plain number (:func:`plain_number`) equal to the gold (|pred - gold| <= 1e-6).
 
     Commas are thousands separators ("1,000" = 1000); a gold with ``####`` uses the part after it; a
     list gold accepts any of its numbers. No symbolic equivalence: "\\frac{1}{2}" is not 0.5 here.
@@ -143,7 +174,7 @@ def numeric_answer(prompts, completions, answer=None, **columns) -> list[float]:
     out = []
     for p, c, g in zip(prompts, completions, golds):
         gold = _gold_numbers(g, "numeric_answer")
-        value = single_number(_final_answer(p, c)[1])
+        value = plain_number(_final_answer(p, c)[1])
         out.append(float(value is not None and _close(value, gold)))
     return out
 
@@ -202,4 +233,4 @@ BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {
 }
 
 __all__ = ["BUILTIN_REWARDS", "arithmetic_answer", "format_reward", "gsm8k_answer", "math_answer", "numbers",
-           "numeric_answer", "single_number"]
+           "numeric_answer", "plain_number", "single_number"]
