@@ -5,9 +5,10 @@ BIN    := $(VENV)/bin
 # torch is pinned to the CPU wheel this machine carries; override e.g. TORCH_SPEC="torch>=2.4" elsewhere.
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+SYSSTAMP := $(VENV)/.system-packages
 DEMO_CONFIG ?= configs/arithmetic_gmpo.yaml
 
-.PHONY: install demo test bench clean
+.PHONY: install system-packages demo test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +20,18 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# Debian packages the tests use: chromium (dashboard browser tests) and bubblewrap (the code sandbox).
+# Installed when missing and this user may (root with apt-get); otherwise those tests skip and say why.
+$(SYSSTAMP): scripts/system-packages.sh
+	bash scripts/system-packages.sh
+	mkdir -p $(VENV) && touch $(SYSSTAMP)
+
+system-packages: $(SYSSTAMP)
+
 demo: $(STAMP)
 	$(BIN)/gmpo train $(DEMO_CONFIG) $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(SYSSTAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

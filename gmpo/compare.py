@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from gmpo.config import _CHOICES, Config, ConfigError, load_config, to_dict
+from gmpo.algo.registry import PRESETS
+from gmpo.config import Config, ConfigError, load_config, to_dict
 
 DONE_FILE = "compare_done.json"
-ALGOS = _CHOICES["algorithm.loss"]
+ALGOS = PRESETS.names()
 
 
 @dataclass
@@ -96,9 +97,9 @@ def _fingerprint(cfg: Config) -> dict:
 
 
 def _train(cfg: Config) -> dict:
-    from gmpo.trainer import Trainer
+    from gmpo.train import GMPOTrainer
 
-    trainer = Trainer(cfg)
+    trainer = GMPOTrainer(config=cfg)
     try:
         return trainer.train()
     finally:
@@ -112,7 +113,7 @@ def run_compare(config_path: str | Path | None, algos: list[str], seeds: list[in
                 train_fn: Callable[[Config], dict] | None = None, log: Callable[[str], None] = print) -> CompareResult:
     """Train every algorithm x seed not finished yet (seed-major order), then write ``<out>/report``.
 
-    `train_fn(cfg) -> summary` defaults to building a :class:`gmpo.trainer.Trainer` and calling ``train()``.
+    `train_fn(cfg) -> summary` defaults to building a :class:`gmpo.train.GMPOTrainer` and calling ``train()``.
     A finished run whose recorded config differs from the one asked for is an error (never silently mixed).
     """
     out = Path(out)

@@ -71,7 +71,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    backend: str = "engine"  # engine (gmpo's KV-cache sampler) | hf (transformers generate, reference)
+    backend: str = "engine"  # rollout backend: {choices}
     prompts_per_step: int = 8  # prompts per rollout batch
     group_size: int = 8  # completions per prompt (G)
     max_new_tokens: int = 32  # completion length cap
@@ -94,16 +94,17 @@ class OverlongConfig:
 
 @dataclass
 class AlgorithmConfig:
-    loss: str = "gmpo"  # gmpo | grpo | gspo | dr_grpo | dapo (dr_grpo/dapo are presets over grpo)
-    advantage: str = ""  # group | none | leave_one_out | batch ('' = the preset's)
-    eps_low: float | None = None  # lower clip bound (None = the preset's: gmpo 0.4, grpo 0.2, dapo 0.2, gspo 3e-4)
-    eps_high: float | None = None  # upper clip bound (None = the preset's: gmpo 0.4, grpo 0.2, dapo 0.28, gspo 4e-4)
-    reduction: str = ""  # grpo only: seq-mean-token-mean | token-mean | seq-mean-token-sum-norm ('' = preset's)
+    loss: str = "gmpo"  # the algorithm preset {choices}
+    advantage: str = ""  # {choices} ('' = the preset's)
+    eps_low: float | None = None  # lower clip bound (None = the preset's eps_low/eps_high: {eps})
+    eps_high: float | None = None  # upper clip bound (None = the preset's)
+    reduction: str = ""  # loss reduction; the grpo family accepts {grpo_reductions} ('' = preset's)
     norm_len: int = 0  # constant length for seq-mean-token-sum-norm (0 = rollout.max_new_tokens)
     adv_eps: float = 1e-4  # epsilon in the group-std denominator
     beta: float = 0.0  # KL coefficient against the reference (initial) policy; 0 = no reference model
-    kl_estimator: str = "k3"  # k1 | k2 | k3
+    kl_estimator: str = "k3"  # {choices}
     kl_in: str = "loss"  # loss: beta*KL added per token | reward: beta*KL subtracted from the reward
+    filter_metric: str = ""  # dynamic sampling keeps groups whose values differ in: accuracy (the first reward function's raw score, as the DAPO paper and verl) | reward (the final shaped reward) ('' = the preset's: accuracy)
     overlong: OverlongConfig = field(default_factory=OverlongConfig)  # DAPO soft overlong penalty
 
 
@@ -362,44 +363,88 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return from_dict(data)
 
 
+def make_config(recipe: str | Path | None = None, overrides: dict | list | None = None, **sections) -> Config:
+    """A validated :class:`Config` from an optional YAML recipe, then section keywords, then dotted overrides.
+
+    ``make_config(train={"steps": 10}, optim={"lr": 1e-5})`` sets fields by section (nested dicts merge
+    into the recipe); ``overrides`` takes ``{"optim.lr": 1e-5}`` or ``["optim.lr=1e-5"]``. Unknown keys
+    raise :class:`ConfigError` naming the key and suggesting the closest one. Exported as ``gmpo.GMPOConfig``.
+    """
+    data: dict[str, Any] = to_dict(load_config(recipe)) if recipe is not None else {}
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(name), dict):
+            _merge(data[name], value)
+        else:
+            data[name] = value
+    if isinstance(overrides, dict):
+        for key, value in overrides.items():
+            node = data
+            *path, last = key.split(".")
+            for part in path:
+                node = node.setdefault(part, {})
+            node[last] = value
+    elif overrides:
+        apply_overrides(data, list(overrides))
+    return from_dict(data)
+
+
+def _merge(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-_CHOICES = {
-    "model.dtype": ("float32", "bfloat16"),
-    "rollout.backend": ("engine", "hf"),
-    "rollout.truncated_reward": ("zero", "keep"),
-    "algorithm.loss": ("gmpo", "grpo", "gspo", "dr_grpo", "dapo"),
-    "algorithm.advantage": ("", "group", "none", "leave_one_out", "batch"),
-    "algorithm.reduction": ("", "seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"),
-    "algorithm.kl_estimator": ("k1", "k2", "k3"),
-    "algorithm.kl_in": ("loss", "reward"),
-    "optim.schedule": ("constant", "cosine"),
-    "train.bf16": ("auto", "true", "false"),
-    "train.recompute_old_logp": ("auto", "always", "never"),
-    "train.reward_errors": ("raise", "zero"),
-    "guard.nonfinite_action": ("off", "warn", "skip", "rollback", "stop"),
-    "guard.grad_spike_action": ("off", "warn", "skip", "rollback", "stop"),
-    "guard.ratio_action": ("off", "warn", "skip", "rollback", "stop"),
-    "guard.entropy_action": ("off", "warn", "skip", "rollback", "stop"),
-    "guard.reward_action": ("off", "warn", "skip", "rollback", "stop"),
-    "guard.length_action": ("off", "warn", "skip", "rollback", "stop"),
-    "guard.no_signal_action": ("off", "warn", "skip", "rollback", "stop"),
-}
+def choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values of every choice-valued key, generated from the registries that own the names."""
+    from gmpo.algo.registry import ADVANTAGE_MODES, KL_ESTIMATORS, KL_PLACEMENTS, PRESETS, REDUCTIONS
+    from gmpo.rollout.backends import BACKENDS
+
+    actions = ("off", "warn", "skip", "rollback", "stop")
+    out = {
+        "model.dtype": ("float32", "bfloat16"),
+        "rollout.backend": BACKENDS.names(),
+        "rollout.truncated_reward": ("zero", "keep"),
+        "algorithm.loss": PRESETS.names(),
+        "algorithm.advantage": ("",) + ADVANTAGE_MODES,
+        "algorithm.reduction": ("",) + REDUCTIONS,
+        "algorithm.kl_estimator": KL_ESTIMATORS,
+        "algorithm.kl_in": KL_PLACEMENTS,
+        "algorithm.filter_metric": ("", "accuracy", "reward"),
+        "optim.schedule": ("constant", "cosine"),
+        "train.bf16": ("auto", "true", "false"),
+        "train.recompute_old_logp": ("auto", "always", "never"),
+        "train.reward_errors": ("raise", "zero"),
+    }
+    for f in dataclasses.fields(GuardConfig):
+        if f.name.endswith("_action"):
+            out[f"guard.{f.name}"] = actions
+    return out
+
+
+def _help_values() -> dict[str, str]:
+    """Values substituted into ``{...}`` placeholders of the field comments (help text from the registries)."""
+    from gmpo.algo.registry import LOSSES, eps_text
+
+    return {"eps": eps_text(), "grpo_reductions": " | ".join(LOSSES.meta("grpo")["reductions"])}
 
 
 def validate(cfg: Config) -> None:
     """Check choices and ranges; raise ConfigError naming the key."""
-    for key, choices in _CHOICES.items():
+    for key, allowed in choices().items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if isinstance(value, bool):  # YAML turns `true` into a bool
             value = str(value).lower()
             setattr(getattr(cfg, section), name, value)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(repr(c) for c in choices if c)}")
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(repr(c) for c in allowed if c)}")
     positive = {
         "rollout.prompts_per_step": cfg.rollout.prompts_per_step,
         "rollout.group_size": cfg.rollout.group_size,
@@ -451,8 +496,19 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
         if f.name == "rewards":
             rows.append((key, "[{name: math_answer, weight: 1.0}]", "list of {name, weight, kwargs} reward functions"))
             continue
-        rows.append((key, repr(default), comments.get(f.name, "")))
+        rows.append((key, repr(default), _fill(comments.get(f.name, ""), key)))
     return rows
+
+
+def _fill(text: str, key: str) -> str:
+    """Replace ``{choices}`` (the key's allowed values) and other ``{name}`` placeholders in a comment."""
+    if "{" not in text:
+        return text
+    allowed = choices().get(key, ())
+    values = {"choices": " | ".join(c for c in allowed if c), **_help_values()}
+    for name, value in values.items():
+        text = text.replace("{" + name + "}", value)
+    return text
 
 
 def markdown_reference() -> str:

@@ -116,10 +116,10 @@ class PhaseTimer:
 
 
 def instrument(trainer, timer: PhaseTimer) -> None:
-    """Attach `timer` to a :class:`gmpo.trainer.Trainer`'s phases (for a step breakdown; no effect on results).
+    """Attach `timer` to a :class:`gmpo.train.GMPOTrainer`'s phases (for a step breakdown; no effect on results).
 
     Phases: "forward" and "backward" (the update phase's forwards, including no-grad log-prob forwards,
-    and its backward passes), "optimizer" (clip, hooks, optimizer and scheduler step), and
+    and its backward passes), "optimizer" (the AdamW step), and
     "rollout/prefill" when the rollout engine has a ``_prefill`` method (the rest of
     ``perf/rollout_s`` is decoding and sampling). Wraps the instance's methods; idempotent.
     """
@@ -127,7 +127,7 @@ def instrument(trainer, timer: PhaseTimer) -> None:
         return
     trainer._perf_timer = timer
     trainer.forward.timer = timer
-    _wrap(trainer, "_optimizer_step", timer, "optimizer")
+    _wrap(trainer.optimizer, "step", timer, "optimizer")
     if hasattr(trainer.engine, "_prefill"):
         _wrap(trainer.engine, "_prefill", timer, "rollout/prefill")
 

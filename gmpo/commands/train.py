@@ -62,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
-    from gmpo.trainer import Trainer
+    from gmpo.train import GMPOTrainer
 
     try:
-        trainer = Trainer(cfg)
+        trainer = GMPOTrainer(config=cfg)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"gmpo train: error: {e}", file=sys.stderr)
         return 2
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"algorithm: {trainer.spec.name} loss={trainer.spec.loss} {trainer.spec.loss_kwargs} "
               f"advantage={trainer.spec.advantage} reduction={trainer.spec.reduction}")
         print(f"data: {len(trainer.train_ds)} train / {len(trainer.eval_ds)} held-out prompts; "
-              f"{trainer.updates_per_batch} optimizer step(s) per rollout batch")
+              f"{trainer.updates.updates_per_batch} optimizer step(s) per rollout batch")
         return 0
     summary = trainer.train()
     before, after = summary["eval_before"], summary["eval_after"]

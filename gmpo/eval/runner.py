@@ -98,6 +98,14 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="problem", dynamic_ncols=True, disable=not enabled, desc="eval")
 
 
+def generate(engine, encoder, questions: list[str], params) -> tuple[list[str], object]:
+    """(prompt texts, :class:`gmpo.rollout.Rollout`) for `questions` encoded by `encoder` (a
+    :class:`gmpo.data.prompts.PromptEncoder`): the one generation path of every evaluation (benchmarks
+    and the trainer's held-out accuracy), so both see exactly the token ids training sees."""
+    texts, ids = encoder.encode_batch(questions)
+    return texts, engine.generate(ids, params)
+
+
 def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | Path = "", limit: int = 0,
              max_new_tokens: int = 512, template: str = "chat", system_prompt: str = "", samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
@@ -115,8 +123,8 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
     "####") is graded: ``auto`` = by its last number on benchmarks that opt in (GSM8K), else wrong;
     ``last-number`` / ``none`` force either way. A truncated completion never uses the fallback.
     """
+    from gmpo.data.prompts import PromptEncoder
     from gmpo.rollout import SamplingParams, make_engine
-    from gmpo.templates import render_prompt
 
     settings = EvalSettings(template, system_prompt, max_new_tokens, samples, temperature, top_p, seed, fallback)
     settings.validate()
@@ -129,6 +137,7 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
     if engine is None:
         engine = make_engine("engine", model, tokenizer, bf16=bf16)
     stop = _TEMPLATE_STOPS.get(template, [])
+    encoder = PromptEncoder(tokenizer, template, system_prompt)
 
     t_start = time.perf_counter()
     gen_s = grade_s = 0.0
@@ -142,12 +151,10 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
             last_number = uses_last_number(name, fallback)
             for start in range(0, len(todo[name]), batch_size):
                 batch: list[Problem] = todo[name][start:start + batch_size]
-                texts = [render_prompt(tokenizer, p.question, template, system_prompt) for p in batch]
-                ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
                 params = SamplingParams(n=samples, max_new_tokens=max_new_tokens, temperature=temperature,
                                         top_p=top_p, stop=list(stop), seed=seed + batch[0].index)
                 t0 = time.perf_counter()
-                rollout = engine.generate(ids, params)
+                texts, rollout = generate(engine, encoder, [p.question for p in batch], params)
                 gen_s += time.perf_counter() - t0
                 lengths = rollout.lengths.tolist()
                 truncated = rollout.truncated.tolist()

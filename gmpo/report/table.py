@@ -3,7 +3,7 @@
 A run directory holds ``metrics.jsonl`` (one JSON object per logged step), optionally ``config.yaml`` (the
 resolved config, giving algorithm and seed) and ``alerts.jsonl`` (guard events). After an in-memory rollback
 a step number can appear twice in ``metrics.jsonl``; the later record is the one on the final trajectory, so
-:func:`load_metrics` keeps the last record per step.
+:func:`gmpo.runs.files.read_metrics` keeps the last record per step.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from gmpo.runs.files import read_alerts, read_metrics
 
 _NAME = re.compile(r"^(?P<algo>.+)-s(?P<seed>\d+)$")
 
@@ -41,19 +43,6 @@ class Run:
         return xs, ys
 
 
-def load_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl, the last one per step, sorted by step (torn lines are skipped)."""
-    by_step: dict[int, dict] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            by_step[int(rec["step"])] = rec
-    return [by_step[s] for s in sorted(by_step)]
-
-
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory; algorithm and seed come from config.yaml, else from a '<algo>-s<seed>' name."""
     d = Path(run_dir)
@@ -71,18 +60,11 @@ def load_run(run_dir: str | Path) -> Run:
         algo = m.group("algo") if m else d.name
     if seed is None:
         seed = int(m.group("seed")) if m else 0
-    alerts: list[dict] = []
-    afile = d / "alerts.jsonl"
-    if afile.is_file():
-        for line in afile.read_text(encoding="utf-8").splitlines():
-            try:
-                alerts.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    alerts = read_alerts(d)
     by_action: dict[str, int] = {}
     for a in alerts:
         by_action[a.get("action", "?")] = by_action.get(a.get("action", "?"), 0) + 1
-    return Run(d, str(algo), int(seed), load_metrics(mfile), len(alerts), by_action)
+    return Run(d, str(algo), int(seed), read_metrics(mfile), len(alerts), by_action)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gmpo.ops import softmax_entropy
+from gmpo.algo.ops import softmax_entropy
 from gmpo.rollout.base import Rollout, SamplingParams
 
 
@@ -564,3 +564,8 @@ class KVCacheEngine:
                 input_ids=tok[:, None], attention_mask=attn[:, : L + t + 1], position_ids=pos[:, None], past_key_values=cache
             )
             pos = pos + 1
+
+
+def build(model, tokenizer, *, bf16: bool = False, decode_batch_size: int = 256) -> KVCacheEngine:
+    """The registry builder of this backend (see :mod:`gmpo.rollout.backends`)."""
+    return KVCacheEngine(model, tokenizer, bf16=bf16, decode_batch_size=decode_batch_size)

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 import torch
 
 from gmpo.rollout.base import Rollout, SamplingParams
-from gmpo.ops import softmax_entropy
+from gmpo.algo.ops import softmax_entropy
 from gmpo.rollout.engine import StopChecker, eos_token_ids, finalize, pad_token_id, validate_request
 
 
@@ -103,3 +103,8 @@ class HFGenerateEngine:
             entropy = torch.zeros((N, T), dtype=torch.float32)
             entropy[:, :Tg] = ent
         return finalize(prompts, params.n, tokens, logprobs, lengths, ended, self.tokenizer, stop, entropy)
+
+
+def build(model, tokenizer, *, bf16: bool = False, decode_batch_size: int = 256) -> HFGenerateEngine:
+    """The registry builder of this backend (see :mod:`gmpo.rollout.backends`)."""
+    return HFGenerateEngine(model, tokenizer, bf16=bf16)

@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gmpo.registry import Registry
+from gmpo.runs.files import METRICS, truncate_jsonl
+
 
 def _fmt(v: float) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -150,31 +153,34 @@ class Sinks:
             s.close()
 
 
-def truncate_jsonl(path: str | Path, max_step: int) -> None:
-    """Drop records with ``step > max_step`` (resuming from an earlier checkpoint into the same run)."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= max_step:
-                keep.append(line)
-        except json.JSONDecodeError:  # a torn last line from a crash
-            continue
-    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+SINKS = Registry("telemetry sink")  # name -> builder(log_cfg, run_dir, start_step, config); meta: flag (LogConfig bool)
+
+
+@SINKS.add("jsonl", flag="jsonl")
+def _jsonl(log_cfg, run_dir: Path, start_step: int, config: dict):
+    """metrics.jsonl in the run directory (truncated to the resume step)"""
+    truncate_jsonl(run_dir / METRICS, start_step)
+    return JsonlSink(run_dir / METRICS)
+
+
+@SINKS.add("tensorboard", flag="tensorboard")
+def _tensorboard(log_cfg, run_dir: Path, start_step: int, config: dict):
+    """TensorBoard event files in <run_dir>/tb"""
+    return TensorBoardSink(run_dir / "tb")
+
+
+@SINKS.add("wandb", flag="wandb")
+def _wandb(log_cfg, run_dir: Path, start_step: int, config: dict):
+    """a Weights & Biases run"""
+    return WandbSink(log_cfg.wandb_project, run_dir, config, resume=start_step > 0)
 
 
 def make_sinks(log_cfg, run_dir: Path, total_steps: int, start_step: int, config: dict) -> Sinks:
-    """The sinks `log_cfg` (a :class:`gmpo.config.LogConfig`) asks for, writing under `run_dir`."""
+    """The progress line plus every registered sink whose ``log.<flag>`` is on, writing under `run_dir`."""
     sinks: list[Any] = [ProgressSink(total_steps, start_step, log_cfg.print_every, log_cfg.progress)]
-    if log_cfg.jsonl:
-        truncate_jsonl(run_dir / "metrics.jsonl", start_step)
-        sinks.append(JsonlSink(run_dir / "metrics.jsonl"))
-    if log_cfg.tensorboard:
-        sinks.append(TensorBoardSink(run_dir / "tb"))
-    if log_cfg.wandb:
-        sinks.append(WandbSink(log_cfg.wandb_project, run_dir, config, resume=start_step > 0))
+    for name in SINKS:
+        if getattr(log_cfg, SINKS.meta(name)["flag"]):
+            sinks.append(SINKS.get(name)(log_cfg, run_dir, start_step, config))
     return Sinks(sinks)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from gmpo.data.errors import DataError
+
 ARITHMETIC_OPS = ("+", "-", "*")
 
 ARITHMETIC_PROMPT = "What is {expr}? Answer with just the number."
@@ -60,7 +62,6 @@ def arithmetic_splits(cfg) -> tuple[Any, Any]:
     """
     from datasets import Dataset
 
-    from gmpo.data import DataError  # here, not at the top: gmpo.data imports this module
 
     ops = list(cfg.ops)
     bad = [o for o in ops if o not in ARITHMETIC_OPS]

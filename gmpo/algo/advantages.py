@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-ADVANTAGE_MODES = ("group", "none", "leave_one_out", "batch")
+from gmpo.algo.registry import ADVANTAGE_MODES
+
 
 
 @dataclass

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import torch
 
+from gmpo.algo.registry import KL_ESTIMATORS
+
 DEFAULT_CHUNK = 8  # CPU default: rows of the flattened (B*T, V) logits upcast to float32 at once: 8 * V * 4 bytes (1.5 MB
 # for a 49k vocabulary), so each block's log-softmax, exp and dot stay in the CPU cache (16x faster on
 # the reference CPU than 256-position blocks that stream through DRAM once per elementwise op)
 
 CUDA_CHUNK = 256  # GPU default (fewer, larger kernels): 256 rows of the flattened logits
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def default_chunk(device: torch.device) -> int:

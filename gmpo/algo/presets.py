@@ -13,6 +13,8 @@ whether DAPO's dynamic sampling and soft overlong penalty are on).
 | gspo     | gspo | 3e-4 / 4e-4        | group     | seq-mean                |                            |
 
 Explicit config values (non-empty strings, non-None eps, norm_len > 0, true booleans) override a preset.
+The tables themselves (what each loss accepts, the clip defaults, the presets) are in
+:mod:`gmpo.algo.registry`; :func:`resolve` reads them and never branches on a name.
 """
 from __future__ import annotations
 
@@ -21,31 +23,19 @@ from typing import Any
 
 import torch
 
-from gmpo.advantages import ADVANTAGE_MODES
-from gmpo.losses import DEFAULT_REDUCTION, GRPO_REDUCTIONS, LOSSES, LossFn, get_loss
-from gmpo.ops import KL_ESTIMATORS
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "gmpo": dict(loss="gmpo", eps_low=0.4, eps_high=0.4, advantage="group", reduction="seq-mean",
-                 dynamic_sampling=False, overlong=False),
-    "grpo": dict(loss="grpo", eps_low=0.2, eps_high=0.2, advantage="group", reduction="seq-mean-token-mean",
-                 dynamic_sampling=False, overlong=False),
-    "dr_grpo": dict(loss="grpo", eps_low=0.2, eps_high=0.2, advantage="none", reduction="seq-mean-token-sum-norm",
-                    dynamic_sampling=False, overlong=False),
-    "dapo": dict(loss="grpo", eps_low=0.2, eps_high=0.28, advantage="group", reduction="token-mean",
-                 dynamic_sampling=True, overlong=True),
-    "gspo": dict(loss="gspo", eps_low=3e-4, eps_high=4e-4, advantage="group", reduction="seq-mean",
-                 dynamic_sampling=False, overlong=False),
-}
+from gmpo.algo.losses import LossFn, get_loss
+from gmpo.algo.registry import (ADVANTAGE_MODES, FILTER_METRICS, KL_ESTIMATORS, KL_PLACEMENTS, LOSSES, PRESETS,
+                                preset)
 
 
 @dataclass
 class AlgorithmSpec:
     """Everything the trainer needs to know about the algorithm, with no name branches left.
 
-    loss: key of gmpo.losses.LOSSES; loss_kwargs: keyword arguments for it (clip bounds, reduction,
-    norm_len, beta, kl_estimator); reduction: for gmpo.losses.reduction_count; advantage: mode for
-    gmpo.advantages.compute_advantages; dynamic_sampling / overlong: DAPO's extras.
+    loss: a name in :data:`gmpo.algo.registry.LOSSES`; loss_kwargs: keyword arguments for it (clip bounds,
+    and whichever of reduction, norm_len, beta, kl_estimator the loss accepts); reduction: for
+    :func:`gmpo.algo.losses.reduction_count`; advantage: mode for :func:`gmpo.algo.advantages.compute_advantages`;
+    dynamic_sampling / overlong / filter_metric: DAPO's extras.
     """
 
     loss: str
@@ -62,6 +52,7 @@ class AlgorithmSpec:
     kl_in: str = "loss"  # loss | reward
     overlong_buffer: int = 0  # L_buf of the soft overlong penalty
     overlong_penalty: float = 0.0  # penalty at the hard limit
+    filter_metric: str = "accuracy"  # what dynamic sampling compares inside a group (see gmpo.train.collect)
 
     @property
     def loss_fn(self) -> LossFn:
@@ -84,56 +75,48 @@ class AlgorithmSpec:
         return self.beta != 0.0
 
 
+def _choice(value: str, choices, what: str) -> str:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}")
+    return value
+
+
 def resolve(algo_cfg: Any, max_new_tokens: int, dynamic_sampling: bool = False) -> AlgorithmSpec:
     """Turn `algo_cfg` (gmpo.config.AlgorithmConfig) into an AlgorithmSpec.
 
     The preset named by ``algo_cfg.loss`` gives the defaults; explicit values override them:
-    advantage (non-empty), eps_low / eps_high (not None), reduction (non-empty; grpo-family only),
-    norm_len (> 0; else max_new_tokens for seq-mean-token-sum-norm). ``dynamic_sampling`` (the rollout
-    setting) and ``algo_cfg.overlong.enabled`` switch those extras on for any preset; dapo has them on.
+    advantage (non-empty), eps_low / eps_high (not None), reduction (non-empty; one the loss accepts),
+    norm_len (> 0; else max_new_tokens for seq-mean-token-sum-norm), filter_metric (non-empty).
+    ``dynamic_sampling`` (the rollout setting) and ``algo_cfg.overlong.enabled`` switch those extras on for
+    any preset; dapo has them on.
     """
     name = getattr(algo_cfg, "loss", "gmpo")
-    if name not in PRESETS:
-        raise ValueError(f"unknown algorithm {name!r}; valid: {', '.join(PRESETS)}")
-    p = dict(PRESETS[name])
+    p = preset(name)  # UnknownName (a ValueError) listing the presets
     loss = p["loss"]
-
-    advantage = getattr(algo_cfg, "advantage", "") or p["advantage"]
-    if advantage not in ADVANTAGE_MODES:
-        raise ValueError(f"unknown advantage mode {advantage!r}; valid: {', '.join(ADVANTAGE_MODES)}")
-    eps_low = getattr(algo_cfg, "eps_low", None)
-    eps_high = getattr(algo_cfg, "eps_high", None)
+    accepts = LOSSES.meta(loss)
+    advantage = _choice(getattr(algo_cfg, "advantage", "") or p["advantage"], ADVANTAGE_MODES, "advantage mode")
+    eps_low, eps_high = getattr(algo_cfg, "eps_low", None), getattr(algo_cfg, "eps_high", None)
     eps_low = p["eps_low"] if eps_low is None else float(eps_low)
     eps_high = p["eps_high"] if eps_high is None else float(eps_high)
     if eps_low < 0 or eps_high < 0:
         raise ValueError(f"clip bounds must be >= 0, got eps_low={eps_low}, eps_high={eps_high}")
-
     reduction = getattr(algo_cfg, "reduction", "") or p["reduction"]
-    if reduction != p["reduction"] and loss != "grpo":
-        raise ValueError(f"algorithm.reduction={reduction!r} applies to the grpo family only; "
-                         f"{name} always reduces with {DEFAULT_REDUCTION[loss]!r}")
-    if loss == "grpo" and reduction not in GRPO_REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(GRPO_REDUCTIONS)}")
-
+    if reduction not in accepts["reductions"]:
+        raise ValueError(f"algorithm.reduction={reduction!r} does not apply to {name} (loss '{loss}'); "
+                         f"valid: {', '.join(accepts['reductions'])}")
     norm_len = None
     if reduction == "seq-mean-token-sum-norm":
         norm_len = int(getattr(algo_cfg, "norm_len", 0) or 0) or int(max_new_tokens)
         if norm_len <= 0:
             raise ValueError(f"seq-mean-token-sum-norm needs norm_len > 0 or max_new_tokens > 0, got {max_new_tokens}")
-
     beta = float(getattr(algo_cfg, "beta", 0.0) or 0.0)
-    kl_estimator = getattr(algo_cfg, "kl_estimator", "k3") or "k3"
-    kl_in = getattr(algo_cfg, "kl_in", "loss") or "loss"
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"unknown kl_estimator {kl_estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
-    if kl_in not in ("loss", "reward"):
-        raise ValueError(f"kl_in must be 'loss' or 'reward', got {kl_in!r}")
-
-    kwargs: dict[str, Any] = dict(eps_low=eps_low, eps_high=eps_high,
-                                  beta=beta if kl_in == "loss" else 0.0, kl_estimator=kl_estimator)
-    if loss == "grpo":
-        kwargs.update(reduction=reduction, norm_len=norm_len)
-
+    kl_estimator = _choice(getattr(algo_cfg, "kl_estimator", "k3") or "k3", KL_ESTIMATORS, "kl_estimator")
+    kl_in = _choice(getattr(algo_cfg, "kl_in", "loss") or "loss", KL_PLACEMENTS, "kl_in")
+    filter_metric = _choice(getattr(algo_cfg, "filter_metric", "") or p["filter_metric"], FILTER_METRICS,
+                            "dynamic-sampling filter metric")
+    offered = dict(eps_low=eps_low, eps_high=eps_high, reduction=reduction, norm_len=norm_len,
+                   beta=beta if kl_in == "loss" else 0.0, kl_estimator=kl_estimator)
+    kwargs = {k: offered[k] for k in accepts["kwargs"]}  # what this loss takes, from its registry entry
     overlong_cfg = getattr(algo_cfg, "overlong", None)
     overlong = bool(p["overlong"] or (overlong_cfg is not None and overlong_cfg.enabled))
     return AlgorithmSpec(
@@ -143,6 +126,7 @@ def resolve(algo_cfg: Any, max_new_tokens: int, dynamic_sampling: bool = False) 
         beta=beta, kl_estimator=kl_estimator, kl_in=kl_in,
         overlong_buffer=int(getattr(overlong_cfg, "buffer", 0)) if overlong_cfg is not None else 0,
         overlong_penalty=float(getattr(overlong_cfg, "penalty", 0.0)) if overlong_cfg is not None else 0.0,
+        filter_metric=filter_metric,
     )
 
 
@@ -172,4 +156,4 @@ def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return r.amax(-1) != r.amin(-1)
 
 
-__all__ = ["AlgorithmSpec", "PRESETS", "resolve", "overlong_penalty", "informative_groups", "LOSSES"]
+__all__ = ["AlgorithmSpec", "PRESETS", "resolve", "overlong_penalty", "informative_groups"]

@@ -11,7 +11,7 @@ A checkpoint directory ``<run_dir>/checkpoints/step_000123/`` holds
 
 Everything is written into a temporary sibling directory, fsynced, then renamed into place, so a crash
 never leaves a half-written checkpoint under a ``step_*`` name. The trainer is duck-typed: it must have
-``model``, ``tokenizer``, ``optimizer``, ``scheduler``, ``loader``, ``tracker``, ``hooks``, ``step``,
+``model``, ``tokenizer``, ``optimizer``, ``scheduler``, ``loader``, ``tracker``, ``hooks``, ``global_step``,
 ``lora`` (bool) and ``extra_state()`` / ``load_extra_state(d)``.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 def training_state(trainer) -> dict[str, Any]:
     """Everything but the model weights, as live references (deep-copy before mutating training)."""
     return {
-        "step": trainer.step,
+        "step": trainer.global_step,
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "rng": seeding.rng_state(),
@@ -57,7 +57,7 @@ def load_training_state(trainer, state: dict[str, Any]) -> None:
     trainer.loader.load_state_dict(state["data"])
     trainer.tracker.load_state_dict(state["tracker"])
     trainer.load_extra_state(state["trainer"])
-    trainer.step = int(state["step"])
+    trainer.global_step = int(state["step"])
 
 
 def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -136,7 +136,7 @@ def save(trainer, root: str | Path, keep: int = 0) -> Path:
     """Write a checkpoint of `trainer` atomically under `root`; keep the newest `keep` (0 = all)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{trainer.step:06d}"
+    final = root / f"step_{trainer.global_step:06d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -146,7 +146,7 @@ def save(trainer, root: str | Path, keep: int = 0) -> Path:
         state = training_state(trainer)
         state["hooks"] = trainer.hooks.state_dict()
         torch.save(state, tmp / STATE_FILE)
-        (tmp / META_FILE).write_text(json.dumps({"step": trainer.step, "lora": trainer.lora, "format": 1}))
+        (tmp / META_FILE).write_text(json.dumps({"step": trainer.global_step, "lora": trainer.lora, "format": 1}))
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step (after a rollback): replace it
             old = root / f".old-{final.name}-{os.getpid()}"

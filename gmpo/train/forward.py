@@ -1,4 +1,4 @@
-"""The policy-update phase: micro-batch assembly, the training forward and gradient accumulation.
+"""The training forward: micro-batch assembly (plain and shared-prompt layouts) and :class:`PolicyForward`.
 
 Cost notes (the lean step of issue 3):
 
@@ -9,9 +9,8 @@ Cost notes (the lean step of issue 3):
   never reach the (b, K, V) logits, and :func:`gmpo.ops.token_logprobs` upcasts them one chunk at a time.
 - Old log-probs cost no forward when the policy has not moved since sampling (see :class:`OldLogp`).
 
-Gradient-accumulation scaling lives in :func:`accumulate_minibatch` and nowhere else: each micro-batch
-loss is multiplied by ``out.count / reduction_count(reduction, mini-batch mask)``, so the summed
-gradient equals the gradient of the uncut mini-batch for every reduction.
+The update owns how a rollout batch is cut: :func:`micro_batch` assembles any rows of a
+:class:`gmpo.batch.RolloutBatch` for one forward; the batch itself holds only data.
 """
 from __future__ import annotations
 
@@ -22,10 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gmpo import losses, ops, perf
-from gmpo.telemetry.collector import Reducer
-
-LOGP_AGREE_TOL = 1e-3  # max |rollout logp - training logp| (nats/token) for rollout log-probs to serve as old_logp
+from gmpo import perf
+from gmpo.algo import ops
 
 
 @dataclass
@@ -188,7 +185,7 @@ class PolicyForward:
 
     def __call__(self, model, mb: MicroBatch, entropy: bool = False):
         """(logp (b, Tc) float32, entropy (b, Tc) float32 or None); differentiable unless under no_grad."""
-        with _phase(self.timer, "forward"), self.attention(model, mb):
+        with phase(self.timer, "forward"), self.attention(model, mb):
             if mb.shared is not None:
                 return self._shared(model, mb, entropy)
             return self._plain(model, mb, entropy)
@@ -277,7 +274,7 @@ def _embed_once(model, prompt_ids: torch.Tensor, comp_ids: torch.Tensor):
             {"inputs_embeds": emb[n:].view(*comp_ids.shape, -1)})
 
 
-def _phase(timer, name: str):
+def phase(timer, name: str):
     """``timer(name)`` when a phase timer is attached, else a no-op context."""
     return timer(name) if timer is not None else nullcontext()
 
@@ -323,128 +320,16 @@ def _select_cache(cache, index: torch.Tensor, last: bool):
     return cache
 
 
+def micro_batch(batch, rows: torch.Tensor) -> MicroBatch:
+    """Rows `rows` (m,) of a :class:`gmpo.batch.RolloutBatch` assembled for one training forward.
+
+    Padded to these rows' own longest lengths; with ``batch.share_prompt`` rows of the same group use the
+    shared-prompt layout when it saves work (see :func:`build_micro_batch`).
+    """
+    return build_micro_batch(batch.prompt_ids, batch.completion_ids, batch.lengths, rows.cpu(), batch.pad_id,
+                             batch.device, batch.group_size if batch.share_prompt else 0)
+
+
 def split_rows(rows: torch.Tensor, micro_batch_size: int) -> list[torch.Tensor]:
     """Cut a 1-D index tensor into consecutive pieces of at most `micro_batch_size` (none when empty)."""
     return list(torch.split(rows, micro_batch_size)) if rows.numel() else []
-
-
-@torch.no_grad()
-def no_grad_logp(model, forward: PolicyForward, batch, rows: torch.Tensor, micro_batch_size: int,
-                 out: torch.Tensor) -> int:
-    """Write log-probs of `rows` of `batch` under `model` into `out` (N, T) with no graph; returns tokens run."""
-    tokens = 0
-    for chunk in split_rows(rows, micro_batch_size):
-        mb = batch.micro_batch(chunk)
-        logp, _ = forward(model, mb)
-        out[mb.rows, : mb.Tc] = logp
-        tokens += mb.n_tokens
-    return tokens
-
-
-class OldLogp:
-    """The old log-probs of a rollout batch, (N, T), filled without extra forwards where possible.
-
-    - The policy has not moved since sampling (the first mini-batch of the first epoch; every mini-batch
-      when there is one optimizer step per rollout batch): old_logp = the training forward's log-probs,
-      detached (ratio exactly 1). They are stored, so later epochs reuse them for those rows.
-    - Otherwise, ``mode``: "never" uses the engine's rollout log-probs; "always" recomputes every row with
-      one no-grad forward before the first update; "auto" compares the first mini-batch's training
-      log-probs with the rollout log-probs and uses the rollout ones when the largest per-token gap is
-      <= LOGP_AGREE_TOL, else recomputes the rows the first mini-batch did not cover.
-    """
-
-    def __init__(self, rollout_logp: torch.Tensor, mask: torch.Tensor, mode: str):
-        self.rollout, self.mask = rollout_logp, mask  # (N, T) each
-        self.values = rollout_logp.clone()  # (N, T)
-        self.mode = mode
-        self.fresh = torch.zeros(rollout_logp.shape[0], dtype=torch.bool, device=rollout_logp.device)  # rows set from the current policy
-        self.policy_moved = False
-        self.gap_max = torch.zeros((), device=rollout_logp.device)  # max |training - rollout| logp while unmoved
-        self.gap_sum = torch.zeros((), device=rollout_logp.device)
-        self.gap_tokens = torch.zeros((), device=rollout_logp.device)
-
-    def for_rows(self, rows: torch.Tensor, logp: torch.Tensor, Tc: int) -> torch.Tensor:
-        """old_logp (b, Tc) for a micro-batch whose current log-probs are `logp`."""
-        if self.policy_moved:
-            return self.values[rows, :Tc]
-        cur = logp.detach()
-        with torch.no_grad():  # rollout vs training numerics, measured where both describe the same policy
-            valid = self.mask[rows, :Tc] != 0
-            gap = torch.where(valid, (cur - self.rollout[rows, :Tc]).abs(), torch.zeros((), device=cur.device))
-            self.gap_max = torch.maximum(self.gap_max, gap.max())
-            self.gap_sum = self.gap_sum + gap.sum()
-            self.gap_tokens = self.gap_tokens + valid.sum()
-        if self.mode == "always":
-            return self.values[rows, :Tc]
-        self.values[rows, :Tc] = cur
-        self.fresh[rows] = True
-        return cur
-
-    def rollout_agrees(self) -> bool:
-        """Whether the rollout log-probs matched the training forward (one host sync; call once)."""
-        return bool(self.gap_max.item() <= LOGP_AGREE_TOL)
-
-    def gap_metrics(self) -> dict[str, torch.Tensor]:
-        """rollout/logp_gap_max|mean: |training - rollout| log-prob per token while the policy was unmoved."""
-        return {"rollout/logp_gap_max": self.gap_max,
-                "rollout/logp_gap_mean": self.gap_sum / self.gap_tokens.clamp(min=1)}
-
-    def stale_rows(self) -> torch.Tensor:
-        """Rows whose old log-probs still come from the rollout (not from the training forward)."""
-        return (~self.fresh).nonzero().squeeze(-1)
-
-
-def accumulate_minibatch(model, forward: PolicyForward, batch, rows: torch.Tensor, micro_batch_size: int,
-                         loss_fn, loss_kwargs: dict, reduction: str, norm_len, old: OldLogp,
-                         ref_logp: torch.Tensor | None, red: Reducer, want_entropy: bool,
-                         inert: torch.Tensor | None = None):
-    """Forward + backward one mini-batch (`rows`) in micro-batches; gradients accumulate in `model`.
-
-    inert (N,) bool on the host, optional: rows whose loss unit and gradient are exactly 0 whatever the
-    policy (advantage 0 with no KL term in the loss, see ``AlgorithmSpec.zero_advantage_inert``). They
-    run no forward or backward, but the mini-batch denominator still counts them, so the gradient is
-    the same as with them. Returns (the mini-batch loss as a 0-d tensor, tokens run through the model,
-    {"min", "max"}: the token-ratio extremes of the rows run, as 0-d tensors). Step metrics go to `red`.
-    """
-    full_mask = batch.mask[rows]  # (m, T)
-    denom = losses.reduction_count(reduction, full_mask, norm_len)  # the whole mini-batch's denominator
-    total = torch.zeros((), device=full_mask.device)
-    tokens = 0
-    rmin = torch.full((), float("inf"), device=full_mask.device)
-    rmax = torch.full((), float("-inf"), device=full_mask.device)
-    run = rows if inert is None else rows[~inert[rows]]  # (m',) rows that can move the gradient
-    for chunk in split_rows(run, micro_batch_size):
-        mb = batch.micro_batch(chunk)
-        logp, ent = forward(model, mb, entropy=want_entropy)  # (b, Tc)
-        mask = batch.mask[mb.rows, : mb.Tc]  # (b, Tc)
-        old_logp = old.for_rows(mb.rows, logp, mb.Tc)
-        ref = ref_logp[mb.rows, : mb.Tc] if ref_logp is not None else None
-        out = loss_fn(logp, old_logp, batch.advantages[mb.rows], mask, ref_logp=ref, **loss_kwargs)
-        scaled = out.loss * (out.count / denom)  # the ONE place grad-accumulation scaling happens
-        with _phase(getattr(forward, "timer", None), "backward"):
-            scaled.backward()
-        total = total + scaled.detach()
-        tokens += mb.n_tokens
-        _micro_metrics(red, out, logp, old_logp, ref, mask, ent)
-        rmin = torch.minimum(rmin, out.metrics["ratio/token_min"].float())
-        rmax = torch.maximum(rmax, out.metrics["ratio/token_max"].float())
-    return total, tokens, {"min": rmin, "max": rmax}
-
-
-@torch.no_grad()
-def _micro_metrics(red: Reducer, out, logp, old_logp, ref, mask, ent) -> None:
-    n_tok = mask.sum()
-    m = out.metrics
-    for k in ("clip/frac_low", "clip/frac_high"):
-        red.mean(k, m[k], n_tok)
-    red.min("ratio/token_min", m["ratio/token_min"])
-    red.max("ratio/token_max", m["ratio/token_max"])
-    red.min("ratio/seq_min", m["ratio/seq_min"])
-    red.max("ratio/seq_max", m["ratio/seq_max"])
-    valid = mask != 0
-    red.cat("ratio/tokens", torch.exp(logp.detach() - old_logp)[valid])
-    # policy/kl: KL to the reference policy when there is one, else k3 between current and old policy
-    kl = ops.kl_penalty(logp.detach(), ref if ref is not None else old_logp, "k3")
-    red.mean("policy/kl", ops.masked_mean(kl, mask), n_tok)
-    if ent is not None:
-        red.mean("policy/entropy", ops.masked_mean(ent, mask), n_tok)

@@ -22,10 +22,11 @@ from typing import Callable
 
 import torch
 
-from gmpo.ops import KL_ESTIMATORS, kl_penalty, masked_sum
+from gmpo.algo.ops import kl_penalty, masked_sum
+from gmpo.algo.registry import KL_ESTIMATORS, LOSSES, REDUCTIONS
 
-REDUCTIONS = ("seq-mean", "seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-GRPO_REDUCTIONS = REDUCTIONS[1:]
+TOKEN_REDUCTIONS = LOSSES.meta("grpo")["reductions"]  # the reductions of a token-level objective
+_EPS = {name: (LOSSES.meta(name)["eps_low"], LOSSES.meta(name)["eps_high"]) for name in LOSSES}  # the one set of clip defaults
 
 
 @dataclass
@@ -118,8 +119,8 @@ def reduction_count(reduction: str, mask: torch.Tensor, norm_len: int | float | 
 
 def _reduce_tokens(tok: torch.Tensor, mask: torch.Tensor, reduction: str, norm_len) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of units and count for per-token losses `tok` (B, T) under a GRPO-family reduction."""
-    if reduction not in GRPO_REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r} for a token-level loss; valid: {', '.join(GRPO_REDUCTIONS)}")
+    if reduction not in TOKEN_REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r} for a token-level loss; valid: {', '.join(TOKEN_REDUCTIONS)}")
     count = reduction_count(reduction, mask, norm_len)
     if reduction == "seq-mean-token-mean":
         # unit_i = (1/|o_i|) sum_t loss_t  (GRPO: 1/G sum_i 1/|o_i| sum_t)
@@ -172,7 +173,7 @@ def _finish(total, count, metrics, kl_tok=None, valid=None) -> LossOutput:
 # objectives
 
 def gmpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
-              eps_low: float = 0.4, eps_high: float = 0.4, ref_logp: torch.Tensor | None = None,
+              eps_low: float = _EPS["gmpo"][0], eps_high: float = _EPS["gmpo"][1], ref_logp: torch.Tensor | None = None,
               beta: float = 0.0, kl_estimator: str = "k3") -> LossOutput:
     """Geometric-Mean Policy Optimization (arXiv 2507.20673, Eq. 3-4); reduction: mean over sequences.
 
@@ -203,7 +204,7 @@ def gmpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
-              eps_low: float = 0.2, eps_high: float = 0.2, reduction: str = "seq-mean-token-mean",
+              eps_low: float = _EPS["grpo"][0], eps_high: float = _EPS["grpo"][1], reduction: str = "seq-mean-token-mean",
               norm_len: int | float | None = None, ref_logp: torch.Tensor | None = None,
               beta: float = 0.0, kl_estimator: str = "k3") -> LossOutput:
     """GRPO-family token-level PPO-clip objective (GRPO: arXiv 2402.03300 Eq. 3; DAPO: 2503.14476
@@ -216,8 +217,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
     The reported sequence ratio is the arithmetic token mean of rho_t, what multiplies A_i here.
     """
     _check(logp, old_logp, advantages, mask, ref_logp, beta, kl_estimator)
-    if reduction not in GRPO_REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(GRPO_REDUCTIONS)}")
+    if reduction not in TOKEN_REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; valid: {', '.join(TOKEN_REDUCTIONS)}")
     valid = _valid(mask)  # (B, T)
     l = _log_ratio(logp, old_logp, valid)  # (B, T)
     rho = torch.exp(l)  # (B, T)
@@ -238,7 +239,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
 
 
 def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *,
-              eps_low: float = 3e-4, eps_high: float = 4e-4, ref_logp: torch.Tensor | None = None,
+              eps_low: float = _EPS["gspo"][0], eps_high: float = _EPS["gspo"][1], ref_logp: torch.Tensor | None = None,
               beta: float = 0.0, kl_estimator: str = "k3") -> LossOutput:
     """Group Sequence Policy Optimization (arXiv 2507.18071, Sec. 4.1); reduction: mean over sequences.
 
@@ -267,18 +268,10 @@ def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tens
 
 LossFn = Callable[..., LossOutput]
 
-LOSSES: dict[str, LossFn] = {"gmpo": gmpo_loss, "grpo": grpo_loss, "gspo": gspo_loss}
-
-DEFAULT_REDUCTION = {"gmpo": "seq-mean", "grpo": "seq-mean-token-mean", "gspo": "seq-mean"}
-
 
 def get_loss(name: str) -> LossFn:
-    """The objective called `name` (a key of LOSSES); unknown names raise a ValueError listing them.
+    """The objective registered as `name` in :data:`gmpo.algo.registry.LOSSES` (ValueError listing them otherwise).
 
-    dr_grpo and dapo are presets over grpo_loss: resolve them with gmpo.algorithms.resolve.
+    dr_grpo and dapo are presets over grpo_loss: resolve them with :func:`gmpo.algo.presets.resolve`.
     """
-    try:
-        return LOSSES[name]
-    except KeyError:
-        hint = " (dr_grpo and dapo are presets over 'grpo': see gmpo.algorithms.resolve)" if name in ("dr_grpo", "dapo") else ""
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}{hint}") from None
+    return LOSSES.get(name)

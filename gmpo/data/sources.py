@@ -1,8 +1,8 @@
-"""Training and held-out prompts: loading, field mapping, the built-in arithmetic task, batching.
+"""Training and held-out prompts: loading by hub name or local path, field mapping, the train/eval pair.
 
 Sources (``data.dataset`` / ``data.eval_dataset``):
 
-- ``arithmetic``: the built-in synthetic task (:func:`gmpo.arithmetic.arithmetic_splits`).
+- ``arithmetic``: the built-in synthetic task (:func:`gmpo.data.arithmetic.arithmetic_splits`).
 - a local file: ``.jsonl``, ``.json`` (a list of records, ``{"<key>": [records]}``, or JSON lines),
   ``.parquet``, ``.csv``, ``.arrow`` (a Hugging Face ``save_to_disk`` shard), or a directory written by
   ``save_to_disk`` (or any directory ``datasets.load_dataset`` understands).
@@ -20,23 +20,16 @@ A malformed row raises :class:`DataError` naming the file, the row (``line N`` f
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from gmpo.arithmetic import arithmetic_splits
-from gmpo.templates import render_prompt
+from gmpo.data.arithmetic import arithmetic_splits
+from gmpo.data.errors import DataError
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".arrow")
 ARITHMETIC = "arithmetic"
-
-
-class DataError(ValueError):
-    """A data source or row is malformed; the message names the file, the row and the field."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,113 +354,3 @@ def build_datasets(data_cfg, seed: int = 0):
     if c.eval_size and len(eval_ds) > c.eval_size:
         eval_ds = eval_ds.select(range(c.eval_size))
     return train, eval_ds
-
-
-# ----------------------------------------------------------------------------------------------
-# batching
-
-class PromptLoader:
-    """Endless batches of rendered, tokenized prompts with seeded per-epoch shuffling and exact resume.
-
-    Every prompt is rendered (``data.template``) and tokenized once at construction, so a prompt longer
-    than ``data.max_prompt_tokens`` fails before training starts, naming its row. The order of epoch e is
-    ``numpy.random.default_rng([seed, e]).permutation(n)``: a pure function of (seed, epoch), so
-    :meth:`state_dict` needs only (epoch, position) to continue with exactly the same batches. A batch
-    that crosses an epoch boundary continues with the next epoch's order.
-    """
-
-    def __init__(self, dataset, tokenizer, data_cfg, batch_size: int, seed: int = 0):
-        if batch_size < 1:
-            raise DataError(f"batch_size must be >= 1, got {batch_size}")
-        self.rows: list[dict] = dataset.to_list()
-        if not self.rows:
-            raise DataError("PromptLoader: the dataset has no rows")
-        if "prompt" not in self.rows[0]:
-            raise DataError(f"PromptLoader: the dataset needs a 'prompt' column (has {', '.join(self.rows[0])})")
-        self.batch_size = batch_size
-        self.seed = int(seed)
-        self.shuffle = bool(data_cfg.shuffle)
-        self.texts = [
-            render_prompt(tokenizer, r["prompt"], data_cfg.template, data_cfg.system_prompt) for r in self.rows
-        ]
-        self.ids: list[list[int]] = tokenizer(self.texts, add_special_tokens=False)["input_ids"]
-        bos = _leading_bos(tokenizer)
-        if bos is not None and data_cfg.template not in ("chat", "qwen_math"):
-            # raw-text templates: add the BOS a model like Llama expects (chat templates write their own)
-            self.ids = [[bos] + x for x in self.ids]
-        limit = data_cfg.max_prompt_tokens
-        for i, x in enumerate(self.ids):
-            if limit and len(x) > limit:
-                raise DataError(
-                    f"dataset row {i + 1}: the rendered prompt has {len(x)} tokens, more than "
-                    f"data.max_prompt_tokens={limit} (prompt {_excerpt(self.rows[i]['prompt'])})"
-                )
-        self.fingerprint = hashlib.sha1("\x00".join(self.texts).encode()).hexdigest()
-        self.epoch, self.position = 0, 0
-        self._order = self._epoch_order(0)
-
-    def __len__(self) -> int:
-        """Number of prompts in one epoch."""
-        return len(self.rows)
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        n = len(self.rows)
-        if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, epoch]).permutation(n)
-
-    def _item(self, i: int) -> dict:
-        item = dict(self.rows[i])
-        item["prompt_text"] = self.texts[i]
-        item["prompt_ids"] = list(self.ids[i])
-        return item
-
-    def next_batch(self) -> list[dict]:
-        """The next ``batch_size`` prompts: dicts with prompt, prompt_text, prompt_ids, answer and the rest."""
-        out = []
-        while len(out) < self.batch_size:
-            if self.position >= len(self.rows):
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._epoch_order(self.epoch)
-            out.append(self._item(int(self._order[self.position])))
-            self.position += 1
-        return out
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> list[dict]:
-        return self.next_batch()
-
-    def state_dict(self) -> dict:
-        """Position in the stream: epoch, position in the epoch's order, the order's seed and the data's identity."""
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "num_rows": len(self.rows),
-            "fingerprint": self.fingerprint,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from :meth:`state_dict`; the data must be the same (rows and rendered prompts)."""
-        if state.get("num_rows") != len(self.rows) or state.get("fingerprint") != self.fingerprint:
-            raise DataError(
-                f"cannot resume the prompt stream: the checkpoint was taken on {state.get('num_rows')} prompts "
-                f"(fingerprint {str(state.get('fingerprint'))[:12]}), this data has {len(self.rows)} "
-                f"(fingerprint {self.fingerprint[:12]}); the dataset, its fields or the template changed"
-            )
-        self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._epoch_order(self.epoch)
-
-
-def _leading_bos(tokenizer) -> int | None:
-    """The BOS id when the tokenizer prepends one by default (Llama-style), else None."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return None
-    with_sp = tokenizer("a", add_special_tokens=True)["input_ids"]
-    without = tokenizer("a", add_special_tokens=False)["input_ids"]
-    return bos if with_sp[:1] == [bos] and with_sp[1:] == without else None

@@ -1,0 +1,34 @@
+"""Held-out accuracy during training: greedy decoding of the eval split, scored by the first reward function.
+
+It shares the generation path of ``gmpo eval`` (:func:`gmpo.eval.runner.generate`: the same
+:class:`gmpo.data.prompts.PromptEncoder`, so prompts are token-for-token the ones training sees); only the
+verdict differs: the training reward (> 0.5 counts as correct) instead of the benchmark grader.
+"""
+from __future__ import annotations
+
+from gmpo.batch import reward_inputs
+from gmpo.data.prompts import PromptEncoder
+from gmpo.eval.runner import generate
+from gmpo.rollout.base import SamplingParams
+
+
+def heldout_accuracy(engine, tokenizer, eval_ds, data_cfg, reward_runner, max_new_tokens: int,
+                     stop: list[str] | None = None, batch_size: int = 256) -> float:
+    """Greedy accuracy on `eval_ds`: the fraction of prompts whose first reward function scores > 0.5.
+
+    reward_runner: a :class:`gmpo.rewards.RewardRunner` (its first function decides). NaN for an empty set.
+    """
+    if len(eval_ds) == 0:
+        return float("nan")
+    encoder = PromptEncoder.from_config(tokenizer, data_cfg)
+    rows = eval_ds.to_list()
+    params = SamplingParams(n=1, max_new_tokens=max_new_tokens, temperature=0.0, stop=list(stop or []), seed=0)
+    correct = 0
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        _, out = generate(engine, encoder, [r["prompt"] for r in chunk], params)
+        prompts, columns = reward_inputs(chunk, 1)
+        res = reward_runner(prompts, list(out.texts), columns)
+        first = next(iter(res.per_fn.values()))
+        correct += int((first.float() > 0.5).sum())
+    return correct / len(rows)
