@@ -1,0 +1,108 @@
+"""The one reader (and tailer) of a run directory's jsonl files: metrics.jsonl, alerts.jsonl, samples.jsonl.
+
+Writers append one JSON object per line and may be killed mid-line, so a reader skips a torn line
+(it is either the last line, still being written, or a crash leftover) instead of failing. The dashboard
+tails files while they grow (:class:`JsonlTail`): only complete lines are consumed, a partial last line is
+kept for the next read, and a file that shrinks or is replaced (a run restarted from a checkpoint
+truncates its metrics) is read again from the start.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+METRICS, ALERTS, SAMPLES, CONFIG = "metrics.jsonl", "alerts.jsonl", "samples.jsonl", "config.yaml"
+
+
+def _parse(line: str) -> dict | None:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a jsonl file in order (torn or non-object lines skipped; nothing if absent)."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rec = _parse(line)
+                if rec is not None:
+                    yield rec
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every JSON object of a jsonl file (see :func:`iter_jsonl`)."""
+    return list(iter_jsonl(path))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a metrics.jsonl, the last one per step, sorted by step (a resumed run logs a step again)."""
+    by_step: dict[int, dict] = {}
+    for rec in iter_jsonl(path):
+        if "step" in rec:
+            by_step[int(rec["step"])] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def read_alerts(run_dir: str | Path) -> list[dict]:
+    """The guard events of ``<run_dir>/alerts.jsonl`` (empty when there were none)."""
+    return read_jsonl(Path(run_dir) / ALERTS)
+
+
+def truncate_jsonl(path: str | Path, max_step: int) -> None:
+    """Drop records with ``step > max_step`` (resuming from an earlier checkpoint into the same run);
+    torn lines go too. Written atomically (a temporary file renamed over the original)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep = [json.dumps(r) for r in iter_jsonl(path) if r.get("step", 0) <= max_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class JsonlTail:
+    """Incremental reader of a growing jsonl file: each :meth:`read` returns the complete new records.
+
+    A partial last line waits for its newline; if the file shrinks or is replaced (another inode), reading
+    restarts from the beginning and :attr:`resets` counts it, so a caller can drop what it had.
+    """
+
+    def __init__(self, path: str | Path, max_bytes: int = 64 << 20):
+        self.path, self.max_bytes = Path(path), max_bytes
+        self.offset, self.resets = 0, 0
+        self._inode: int | None = None
+        self._partial = b""
+
+    def read(self) -> list[dict[str, Any]]:
+        """New complete records since the last call (at most ``max_bytes`` read per call)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return []
+        if (self._inode is not None and st.st_ino != self._inode) or st.st_size < self.offset:
+            self.offset, self._partial, self.resets = 0, b"", self.resets + 1
+        self._inode = st.st_ino
+        if st.st_size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read(self.max_bytes)
+        self.offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # b"" when the chunk ended on a newline
+        out = []
+        for line in lines:
+            if line.strip():
+                rec = _parse(line.decode("utf-8", errors="replace"))
+                if rec is not None:
+                    out.append(rec)
+        return out
