@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from gmpo.algo.ops import softmax_entropy
+from gmpo.compat import cache_kwarg, output_cache
 from gmpo.rollout.base import Rollout, SamplingParams
 
 
@@ -380,7 +381,8 @@ class KVCacheEngine:
     """Batched KV-cache sampler with prompt-prefix sharing (see the module docstring).
 
     Args:
-        model: any HF causal LM (its forward must accept ``past_key_values`` / ``position_ids``).
+        model: any HF causal LM (its forward must accept a KV cache (``cache`` or ``past_key_values``, see
+            :mod:`gmpo.compat`) and ``position_ids``).
         tokenizer: its tokenizer (EOS, padding, decoding for stop strings and texts).
         bf16: run the forward under ``torch.autocast(bfloat16)``, as the trainer's forward does.
         decode_batch_size: most rows decoded at once (bounds the KV cache's memory).
@@ -460,12 +462,14 @@ class KVCacheEngine:
             return nullcontext()
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
-    def _forward(self, **inputs):
-        """One model forward; returns (last-position logits (B, V), cache)."""
+    def _forward(self, cache=None, **inputs):
+        """One model forward continuing `cache`; returns (last-position logits (B, V), the cache)."""
         if self._keep_arg:
             inputs["logits_to_keep"] = 1  # prefill: the lm_head runs on the last position only
+        if cache is not None:
+            inputs[cache_kwarg(self.model)] = cache  # `cache` on transformers >= 5.2x, `past_key_values` before
         out = self.model(use_cache=True, **inputs)
-        return out.logits[:, -1, :], out.past_key_values
+        return out.logits[:, -1, :], output_cache(out)
 
     def _prefill(self, seqs: list[list[int]], max_new_tokens: int, device):
         """Prompt forward over ``seqs`` (ordered by length); returns (last logits (B, V), cache,
@@ -483,18 +487,18 @@ class KVCacheEngine:
         attn = (torch.arange(L, device=device)[None, :] >= (L - lengths)[:, None]).long()  # (B, L) left padding
         if not self.prealloc_cache:
             cache = DynamicCache(config=self.model.config)
-            logits, cache = self._forward(**self._prompt_batch(seqs, device), past_key_values=cache)
+            logits, cache = self._forward(**self._prompt_batch(seqs, device), cache=cache)
             return logits, cache, attn, lengths
         cache = make_cache(self.model.config, capacity=L + max_new_tokens)  # room for every new token
         buckets = length_buckets([len(s) for s in seqs])
         if len(buckets) == 1 or not all_growing(cache):
-            logits, cache = self._forward(**self._prompt_batch(seqs, device), past_key_values=cache)
+            logits, cache = self._forward(**self._prompt_batch(seqs, device), cache=cache)
             return logits, cache, attn, lengths
         parts = []
         for b in buckets:
             sub = [seqs[i] for i in b]
             sub_cache = make_cache(self.model.config, capacity=max(len(s) for s in sub))
-            logits, sub_cache = self._forward(**self._prompt_batch(sub, device), past_key_values=sub_cache)
+            logits, sub_cache = self._forward(**self._prompt_batch(sub, device), cache=sub_cache)
             parts.append(logits)
             for big, small in zip(cache.layers, sub_cache.layers):  # (b, H, Lb, D) -> rows b, positions L-Lb..L
                 big.place(slice(b.start, b.stop), L, small.keys, small.values, batch=B)
@@ -561,7 +565,7 @@ class KVCacheEngine:
                 if stop:
                     history = [history[i] for i in keep.tolist()]
             logits, cache = self._forward(
-                input_ids=tok[:, None], attention_mask=attn[:, : L + t + 1], position_ids=pos[:, None], past_key_values=cache
+                input_ids=tok[:, None], attention_mask=attn[:, : L + t + 1], position_ids=pos[:, None], cache=cache
             )
             pos = pos + 1
 

@@ -66,12 +66,34 @@ def quantiles(x: torch.Tensor, qs: list[float]) -> torch.Tensor:
     return torch.quantile(x, torch.tensor(qs, dtype=x.dtype, device=x.device))
 
 
+LOG_RATIO_EDGES = tuple(round(-1.0 + 0.05 * i, 10) for i in range(41))  # 40 equal bins over [-1, 1] (log space)
+
+
+def log_ratio_histogram(log_ratio: torch.Tensor) -> torch.Tensor:
+    """(42,) float counts of token log-ratios l_t: [l <= -1, 40 bins (e_i, e_{i+1}] over (-1, 1], l > 1].
+
+    The fixed bins make steps comparable (the dashboard draws them as a heat-map over steps, with the
+    clip range marked: GMPO clips |l| at 0.4 by default). Computed on the device, no host sync.
+    """
+    edges = torch.tensor(LOG_RATIO_EDGES, dtype=log_ratio.dtype, device=log_ratio.device)
+    idx = torch.bucketize(log_ratio.reshape(-1), edges)  # 0: l <= -1, i: e_{i-1} < l <= e_i, 41: l > 1
+    return torch.bincount(idx, minlength=len(LOG_RATIO_EDGES) + 1).float()
+
+
 class StepMetrics:
-    """One step's metrics: tensors stay on their device until :meth:`resolve` (one host transfer)."""
+    """One step's metrics: tensors stay on their device until :meth:`resolve` (one host transfer).
+
+    Scalars become floats; vectors (:meth:`add_vector`, e.g. ``ratio/log_hist``) become lists of floats.
+    """
 
     def __init__(self):
         self._tensors: dict[str, torch.Tensor] = {}
+        self._vectors: dict[str, torch.Tensor] = {}
         self._floats: dict[str, float] = {}
+
+    def add_vector(self, name: str, value: torch.Tensor) -> None:
+        """Record a 1-D tensor (kept on device until :meth:`resolve`)."""
+        self._vectors[name] = value.detach().float().reshape(-1)
 
     def add(self, name: str, value) -> None:
         """Record a 0-d tensor (kept on device) or a python number."""
@@ -85,15 +107,22 @@ class StepMetrics:
         for k, v in values.items():
             self.add(k, v)
 
-    def resolve(self) -> dict[str, float]:
-        """All metrics as host floats: one device-to-host copy per device holding metrics (one on GPU runs)."""
-        out: dict[str, float] = {}
+    def resolve(self) -> dict[str, float | list[float]]:
+        """All metrics on the host: one device-to-host copy per device holding metrics (one on GPU runs)."""
+        out: dict[str, float | list[float]] = {}
         by_device: dict[torch.device, list[str]] = defaultdict(list)
         for k, t in self._tensors.items():
             by_device[t.device].append(k)
+        for k, t in self._vectors.items():
+            by_device[t.device].append(k)
         for device, keys in by_device.items():
-            values = torch.stack([self._tensors[k] for k in keys]).tolist()  # the single transfer
-            out.update(zip(keys, values))
+            parts = [self._tensors[k].reshape(1) if k in self._tensors else self._vectors[k] for k in keys]
+            flat = torch.cat(parts).tolist()  # the single transfer
+            i = 0
+            for k, part in zip(keys, parts):
+                n = part.numel()
+                out[k] = flat[i] if k in self._tensors else flat[i:i + n]
+                i += n
         out.update(self._floats)
         return out
 

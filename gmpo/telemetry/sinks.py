@@ -101,9 +101,10 @@ class TensorBoardSink:
         self.w = SummaryWriter(log_dir=str(log_dir))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        """One scalar per metric at global step `step`."""
+        """One scalar per scalar metric at global step `step` (vector metrics such as histograms are skipped)."""
         for k, v in metrics.items():
-            self.w.add_scalar(k, v, step)
+            if isinstance(v, (int, float)):
+                self.w.add_scalar(k, v, step)
         self.w.flush()
 
     def close(self) -> None:

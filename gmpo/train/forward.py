@@ -23,6 +23,7 @@ import torch
 
 from gmpo import perf
 from gmpo.algo import ops
+from gmpo.compat import cache_kwarg, output_cache
 
 
 @dataclass
@@ -241,10 +242,11 @@ class PolicyForward:
                     lp = torch.zeros(rows.shape[0], mb.Tc - 1, device=lp0.device)
                     lps.append(lp), hs.append(lp), order.append(rows)
                     continue
-                cache = _select_cache(out.past_key_values, sp.expand[rows], last=len(buckets) == 1)
+                cache = _select_cache(output_cache(out), sp.expand[rows], last=len(buckets) == 1)
                 attn = torch.cat([sp.prompt_attn[sp.expand[rows]], torch.ones_like(sp.comp_ids[rows, :n])], 1)
                 rest = model(**{k: v[rows, :n] for k, v in c_in.items()}, attention_mask=attn,
-                             position_ids=sp.comp_pos[rows, :n], past_key_values=cache, use_cache=False).logits  # (k, n, V)
+                             position_ids=sp.comp_pos[rows, :n], use_cache=False,
+                             **{cache_kwarg(model): cache}).logits  # (k, n, V)
                 lp, h = self._logp(rest, sp.labels[rows, 1:tb], entropy)  # (k, n)
                 pad = mb.Tc - 1 - n
                 lps.append(torch.nn.functional.pad(lp, (0, pad)))

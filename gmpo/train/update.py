@@ -17,7 +17,7 @@ import torch
 
 from gmpo import perf, seeding
 from gmpo.algo import losses, ops
-from gmpo.telemetry.collector import Reducer, StepMetrics, quantiles
+from gmpo.telemetry.collector import Reducer, StepMetrics, log_ratio_histogram, quantiles
 from gmpo.train.forward import phase, micro_batch, split_rows
 
 LOGP_AGREE_TOL = 1e-3  # max |rollout logp - training logp| (nats/token) for rollout log-probs to serve as old_logp
@@ -222,6 +222,7 @@ def update(model, forward, batch, spec, us: UpdateSettings, step: int, optimize,
         q = quantiles(ratios, [0.01, 0.99])
         sm.add("ratio/token_p01", q[0])
         sm.add("ratio/token_p99", q[1])
+        sm.add_vector("ratio/log_hist", log_ratio_histogram(ratios.log()))  # l_t = log rho_t, fixed bins
     return flops, verdict
 
 
