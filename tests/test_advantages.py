@@ -1,10 +1,10 @@
-"""gmpo.advantages: hand-checked values for every mode, Bessel's correction, all-equal groups."""
+"""gmpo.algo.advantages: hand-checked values for every mode, Bessel's correction, all-equal groups."""
 import math
 
 import pytest
 import torch
 
-from gmpo.advantages import ADVANTAGE_MODES, compute_advantages
+from gmpo.algo.advantages import ADVANTAGE_MODES, compute_advantages
 
 EPS = 1e-4
 

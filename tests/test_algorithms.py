@@ -1,10 +1,10 @@
-"""gmpo.algorithms: presets, overrides, DAPO soft overlong penalty, informative groups."""
+"""gmpo.algo.presets: presets, overrides, DAPO soft overlong penalty, informative groups."""
 import pytest
 import torch
 
-from gmpo.algorithms import PRESETS, informative_groups, overlong_penalty, resolve
+from gmpo.algo.presets import PRESETS, informative_groups, overlong_penalty, resolve
 from gmpo.config import AlgorithmConfig, OverlongConfig, load_config
-from gmpo.losses import gmpo_loss, grpo_loss, gspo_loss
+from gmpo.algo.losses import gmpo_loss, grpo_loss, gspo_loss
 
 
 @pytest.mark.parametrize("name,loss,eps,adv,red,ds,ol", [
@@ -58,7 +58,7 @@ def test_kl_in_reward_keeps_beta_out_of_the_loss():
 
 
 def test_resolve_errors():
-    with pytest.raises(ValueError, match="grpo family only"):
+    with pytest.raises(ValueError, match=r"does not apply to gmpo \(loss 'gmpo'\); valid: seq-mean"):
         resolve(AlgorithmConfig(loss="gmpo", reduction="token-mean"), 32, False)
     with pytest.raises(ValueError, match="gmpo, grpo, dr_grpo, dapo, gspo"):
         resolve(AlgorithmConfig(loss="ppo"), 32, False)

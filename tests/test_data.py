@@ -5,8 +5,9 @@ import datasets
 import pytest
 
 from gmpo.config import ArithmeticConfig, DataConfig
-from gmpo.arithmetic import arithmetic_splits
-from gmpo.data import DataError, PromptLoader, build_datasets, load_prompts
+from gmpo.data.arithmetic import arithmetic_splits
+from gmpo.data.loader import PromptLoader
+from gmpo.data.sources import DataError, build_datasets, load_prompts
 
 
 # ----------------------------------------------------------------------------------------------

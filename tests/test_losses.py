@@ -1,4 +1,4 @@
-"""gmpo.losses: hand-checked values, the identities of DESIGN.md section 3, one-sided clipping,
+"""gmpo.algo.losses: hand-checked values, the identities of DESIGN.md section 3, one-sided clipping,
 gradients only through unclipped tokens, padding invariance and micro-batch invariance."""
 import inspect
 import math
@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-import gmpo.losses as losses_mod
-from gmpo.losses import (LOSSES, LossOutput, get_loss, gmpo_loss, grpo_loss, gspo_loss,
-                         reduction_count)
+import gmpo.algo.losses as losses_mod
+from gmpo.algo.losses import (LOSSES, LossOutput, get_loss, gmpo_loss, grpo_loss, gspo_loss,
+                              reduction_count)
+from gmpo.registry import UnknownName
 
 NAN, INF = float("nan"), float("inf")
 e = math.exp
@@ -381,11 +382,11 @@ def test_loss_output_contract_and_table():
     assert get_loss("gmpo") is gmpo_loss and get_loss("grpo") is grpo_loss and get_loss("gspo") is gspo_loss
     with pytest.raises(ValueError, match="gmpo, grpo, gspo"):
         get_loss("ppo")
-    with pytest.raises(ValueError, match="presets over 'grpo'"):
-        get_loss("dapo")
+    with pytest.raises(UnknownName, match="unknown loss 'dapo'; valid: gmpo, grpo, gspo"):
+        get_loss("dapo")  # a preset over grpo, not a loss: gmpo.algo.presets.resolve resolves it
     logp, old, adv, mask = random_batch(seed=11)
-    for fn in LOSSES.values():
-        out = fn(logp.clone().requires_grad_(True), old, adv, mask)
+    for name in LOSSES.names():
+        out = LOSSES.get(name)(logp.clone().requires_grad_(True), old, adv, mask)
         assert isinstance(out, LossOutput) and out.loss.dim() == 0 and out.loss.requires_grad
         assert set(out.metrics) == {"clip/frac_low", "clip/frac_high", "ratio/token_min", "ratio/token_max",
                                     "ratio/seq_min", "ratio/seq_max"}

@@ -1,10 +1,10 @@
-"""gmpo.ops: masked reductions, chunked token log-probs / entropy, KL estimators."""
+"""gmpo.algo.ops: masked reductions, chunked token log-probs / entropy, KL estimators."""
 import math
 
 import pytest
 import torch
 
-from gmpo.ops import kl_penalty, masked_mean, masked_sum, token_entropy, token_logprobs
+from gmpo.algo.ops import kl_penalty, masked_mean, masked_sum, token_entropy, token_logprobs
 
 NAN, INF = float("nan"), float("inf")
 

@@ -8,7 +8,8 @@ import yaml
 
 from gmpo.report import write_report
 from gmpo.report.html import find_chromium, screenshot
-from gmpo.report.table import build_table, load_metrics, load_run, moving_average, run_stats, steps_to_target
+from gmpo.report.table import build_table, load_run, moving_average, run_stats, steps_to_target
+from gmpo.runs.files import read_metrics
 
 
 def write_run(d: Path, recs, alerts=(), config=None):
@@ -51,7 +52,7 @@ def runs(tmp_path):
 
 
 def test_load_keeps_last_record_per_step_and_labels(runs, tmp_path):
-    recs = load_metrics(runs[2] / "metrics.jsonl")
+    recs = read_metrics(runs[2] / "metrics.jsonl")
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     assert [r["loss/value"] for r in recs] == [1.0, 3.0, 5.0, 7.0]
     r = load_run(runs[3])
@@ -60,7 +61,7 @@ def test_load_keeps_last_record_per_step_and_labels(runs, tmp_path):
     assert (r.algo, r.seed, r.n_alerts, r.alerts_by_action) == ("gmpo", 0, 2, {"warn": 1, "skip": 1})
     with open(runs[1] / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "loss/va')  # a torn last line is ignored
-    assert len(load_metrics(runs[1] / "metrics.jsonl")) == 4
+    assert len(read_metrics(runs[1] / "metrics.jsonl")) == 4
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         load_run(tmp_path)
 

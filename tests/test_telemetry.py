@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from gmpo.telemetry.collector import Reducer, StepMetrics, measure_peak_flops, quantiles
-from gmpo.telemetry.sinks import JsonlSink, ProgressSink, SamplesWriter, TensorBoardSink, WandbSink, summary_line, truncate_jsonl
+from gmpo.runs.files import truncate_jsonl
+from gmpo.telemetry.sinks import JsonlSink, ProgressSink, SamplesWriter, TensorBoardSink, WandbSink, summary_line
 
 
 def test_reducer_hand_values():

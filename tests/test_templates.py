@@ -1,7 +1,7 @@
 """Prompt templates: exact rendered text for each template with the tiny ChatML tokenizer."""
 import pytest
 
-from gmpo.templates import QWEN_MATH_SYSTEM, render_prompt
+from gmpo.data.prompts import QWEN_MATH_SYSTEM, render_prompt
 from gmpo.testing import tiny_tokenizer
 
 
