@@ -14,6 +14,12 @@ examples:
 benchmarks: math500, aime24, amc (AMC 2023), minerva, olympiadbench, gsm8k; the GMPO / Dr. GRPO
 papers' exact suite drgrpo_aime, drgrpo_amc (AMC 2022+2023, 83 problems), drgrpo_math, drgrpo_minerva,
 drgrpo_olympiad_bench; groups: default (the first six), paper (the drgrpo five), all.
+Code benchmarks (programs run in the sandbox, gmpo.sandbox): mbpp (test split, task ids 11-510),
+mbpp_sanitized, humaneval (a local file: --humaneval-file or HumanEval.jsonl in --data-dir); per-problem
+records with each completion's outcome go to <out>.code_problems.jsonl. --check-grader on them runs every
+reference solution through the sandbox (all must pass):
+  gmpo eval --check-grader --benchmarks mbpp --data-dir ../shared/data
+  gmpo eval --benchmarks mbpp --data-dir ../shared/data --max-new-tokens 384 --limit 100
 """
 from __future__ import annotations
 
@@ -65,7 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--check-grader", action="store_true",
                    help="instead of evaluating a model, grade each benchmark's own reference solutions against its "
-                        "gold answers and report the agreement (exit 1 if MATH500 agrees < 99%%)")
+                        "gold answers and report the agreement (exit 1 if MATH500 agrees < 99%%); code benchmarks: "
+                        "run each reference solution against its tests in the sandbox (exit 1 if any fails)")
+    from gmpo.commands.eval_code import add_code_arguments
+
+    add_code_arguments(p)
 
 
 def records_path_for(out: str | Path) -> Path:
@@ -101,32 +111,48 @@ def _check_grader(args) -> int:
 
 def run(args) -> int:
     """Run `gmpo eval`."""
+    from gmpo.commands.eval_code import check_code, eval_code, split_benchmarks, write_report
+
+    code, math = split_benchmarks(args.benchmarks)
     if args.check_grader:
-        return _check_grader(args)
+        rc, code_report = check_code(args, code) if code else (0, {})
+        if code and not math:
+            if args.out:
+                write_report(args.out, {"check_code_grader": code_report})
+            return rc
+        args.benchmarks = math
+        return _check_grader(args) | rc
     import torch
 
     from gmpo.eval import markdown_table, resolve_names, run_eval
     from gmpo.models import bf16_supported, load_model, resolve_device
     from gmpo.rollout import make_engine
 
-    resolve_names(args.benchmarks)  # fail on a typo before loading the model
+    if math:
+        resolve_names(math)  # fail on a typo before loading the model
     device = resolve_device(args.device)
     bf16 = bf16_supported(device) if args.bf16 == "auto" else args.bf16 == "true"
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=str(device))
     engine = make_engine(args.backend, model, tokenizer, bf16=bf16, decode_batch_size=max(args.batch_size * args.samples, 1))
+    if not math:
+        write_report(args.out, eval_code(args, code, model, tokenizer, engine, bf16))
+        print(f"wrote {args.out}")
+        return 0
     records = records_path_for(args.out)
     if args.no_resume and records.exists():
         records.unlink()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     print(f"model {args.model} on {device} (bf16={bf16}, threads={torch.get_num_threads()}); records -> {records}",
           file=sys.stderr)
-    report = run_eval(model, tokenizer, args.benchmarks, data_dir=args.data_dir, limit=args.limit,
+    report = run_eval(model, tokenizer, math, data_dir=args.data_dir, limit=args.limit,
                       max_new_tokens=args.max_new_tokens, template=args.template, system_prompt=args.system_prompt,
                       samples=args.samples, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                       batch_size=args.batch_size, engine=engine, bf16=bf16, records_path=records,
                       timeout=args.timeout, progress=not args.no_progress, fallback=args.fallback)
     report["settings"].update(model=args.model, device=str(device), dtype=args.dtype, backend=args.backend)
     report["records"] = str(records)
+    if code:
+        report["code"] = eval_code(args, code, model, tokenizer, engine, bf16)
     Path(args.out).write_text(json.dumps(report, indent=2, ensure_ascii=False))
     t = report["timing"]
     print(markdown_table({k: {m: v for m, v in d.items() if m != "n"} for k, d in report["benchmarks"].items()},

@@ -13,6 +13,7 @@ from gmpo.rewards.builtin import (
     numeric_answer,
 )
 from gmpo.rewards.runner import REWARDS, RewardError, RewardResult, RewardRunner, get_reward, register_reward
+from gmpo.rewards import code as _code  # noqa: E402,F401  (registers code_tests and code_format)
 
 __all__ = [
     "BUILTIN_REWARDS",
