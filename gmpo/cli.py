@@ -10,6 +10,8 @@ COMMANDS = {
     "train": ("gmpo.commands.train", "train a policy from a YAML recipe with key=value overrides"),
     "eval": ("gmpo.commands.eval", "evaluate a model on math benchmarks (Pass@1, mean@K, pass@K)"),
     "compare": ("gmpo.commands.compare", "run algorithms x seeds on one recipe and write a stability report"),
+    "serve": ("gmpo.commands.serve", "serve models behind the OpenAI API: batching, A/B experiments, quality monitoring"),
+    "ab": ("gmpo.commands.ab", "A/B experiment statistics from the serving request log: gmpo ab report"),
 }
 
 
