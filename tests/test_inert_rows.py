@@ -3,17 +3,19 @@ and the policy entropy comes from the rollout engine: same gradients, same AdamW
 import pytest
 import torch
 
-from gmpo import algorithms, ops
+from gmpo.algo import ops
+from gmpo.algo import presets as algorithms
+from gmpo.algo.ops import softmax_entropy
 from gmpo.config import AlgorithmConfig
 from gmpo.rollout import SamplingParams
-from gmpo.ops import softmax_entropy
 from gmpo.rollout.engine import KVCacheEngine, sample_from_logits
 from gmpo.rollout.hf import HFGenerateEngine
 from gmpo.telemetry.collector import Reducer
-from gmpo.telemetry.sinks import SamplesWriter
 from gmpo.testing import tiny_model
-from gmpo.update import OldLogp, accumulate_minibatch, no_grad_logp
-from test_trainer import make_trainer, weights  # tests/ is on sys.path (pytest rootdir-less test modules)
+from gmpo.train import GMPOTrainer
+from gmpo.train.forward import PolicyForward, build_micro_batch
+from gmpo.train.update import OldLogp, accumulate_minibatch, no_grad_logp
+from test_trainer import make_cfg, make_trainer, weights  # tests/ is on sys.path (pytest rootdir-less test modules)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after
@@ -43,7 +45,7 @@ def test_skipping_inert_rows_gives_the_same_gradient_and_loss(tmp_path, tok, alg
     those rows skipped equal the ones with every row run, and the skipped rows run no forward."""
     tr = make_trainer(tmp_path, tok)
     spec = algorithms.resolve(AlgorithmConfig(**algo), 8)
-    batch, _, _ = tr._collect(1)
+    batch, _, _ = tr.collect(1)
     N = batch.n
     g = torch.Generator().manual_seed(0)
     adv = torch.randn(N, generator=g)
@@ -76,8 +78,7 @@ def test_kl_in_the_loss_trains_every_row(tmp_path, tok):
     """With a KL term in the loss a zero-advantage row still has a gradient: nothing is skipped."""
     tr = make_trainer(tmp_path, tok, reward="constant_reward", algorithm={"loss": "grpo", "beta": 0.1})
     calls = count_forwards(tr)
-    tr.samples, tr.peak_flops = SamplesWriter(tmp_path / "s.jsonl", 0), 1e12
-    m = tr.train_step(1)
+    m = tr.step()  # rollout step 1
     assert m["perf/rows_trained_frac"] == 1.0
     assert sum(calls) >= 8  # the reference forward and the training forward both see every row
 
@@ -90,8 +91,7 @@ def test_all_inert_step_equals_the_full_step(tmp_path, tok):
         tr = make_trainer(tmp_path / str(skip), tok, reward="constant_reward", optim={"weight_decay": 0.5},
                           train={"skip_zero_advantage": skip, "steps": 2})
         calls = count_forwards(tr)
-        tr.samples, tr.peak_flops = SamplesWriter(tmp_path / f"s{skip}.jsonl", 0), 1e12
-        ms = [tr.train_step(s) for s in (1, 2)]
+        ms = [tr.step() for _ in (1, 2)]
         results.append((weights(tr.model), sum(calls), ms))
     (w_full, calls_full, m_full), (w_skip, calls_skip, m_skip) = results
     assert calls_full == 16 and calls_skip == 0
@@ -122,8 +122,6 @@ def test_sample_from_logits_reports_the_sampling_entropy():
 @pytest.mark.parametrize("backend", ["engine", "hf"])
 def test_rollout_entropy_matches_a_fresh_forward(tok, backend):
     """Rollout.entropy (sampled rows) equals the training forward's per-token entropy, 0 on padding."""
-    from gmpo.update import PolicyForward, build_micro_batch
-
     model = tiny_model(tok, seed=0)
     make = KVCacheEngine if backend == "engine" else HFGenerateEngine
     eng = make(model, tok)
@@ -146,58 +144,54 @@ def test_trainer_entropy_comes_from_the_rollout(tmp_path, tok):
     """policy/entropy = token mean of the rollout entropies; the training forward no longer computes it,
     and a backend without entropies falls back to the training forward's."""
     tr = make_trainer(tmp_path, tok)
-    tr.samples, tr.peak_flops = SamplesWriter(tmp_path / "s.jsonl", 0), 1e12
     flags = []
     orig = tr.forward.__call__
     tr.forward = lambda model, mb, entropy=False: (flags.append(entropy), orig(model, mb, entropy))[1]
     seen = {}
-    collect = tr._collect
+    collect = tr.collect  # the trainer's collect phase (a gmpo.train.collect.Collector)
 
-    def spy(step):
-        batch, s, roll = collect(step)
+    def spy(step, attempt=0):
+        batch, s, roll = collect(step, attempt)
         seen["expected"] = float(ops.masked_mean(batch.entropy, batch.mask))
         return batch, s, roll
 
-    tr._collect = spy
-    m = tr.train_step(1)
+    tr.collect = spy
+    m = tr.step()  # rollout step 1
     assert m["policy/entropy"] == pytest.approx(seen["expected"], rel=1e-6)
     assert flags and not any(flags)
 
-    def no_entropy(step):  # a backend that reports no entropies (a future remote server, say)
-        batch, s, roll = collect(step)
+    def no_entropy(step, attempt=0):  # a backend that reports no entropies (a future remote server, say)
+        batch, s, roll = collect(step, attempt)
         batch.entropy = None
         return batch, s, roll
 
-    tr._collect = no_entropy
+    tr.collect = no_entropy
     flags.clear()
-    m2 = tr.train_step(2)
+    m2 = tr.step()  # rollout step 2
     assert any(flags) and m2["policy/entropy"] > 0
+
+
+def first_group_silent(prompts, completions, **columns):
+    """Reward with no signal in the first group of a round (rows 0-3 all 0.5: group advantages exactly 0) and
+    signal in the others (1 when the completion's character codes sum to an even number)."""
+    return [0.5 if i < 4 else float(sum(map(ord, c)) % 2 == 0) for i, c in enumerate(completions)]
 
 
 def test_skipping_is_exact_across_epochs_and_minibatches(tmp_path, tok):
     """Two epochs x two mini-batches (later updates off-policy, old log-probs recomputed where needed), the
-    first group's advantages forced to 0: the skipping trainer ends at the non-skipping one's weights while
-    running fewer forwards."""
+    first group's advantages 0 (its rewards are all equal): the skipping trainer ends at the non-skipping one's
+    weights while running fewer forwards."""
     results = []
     for skip in (False, True):
-        tr = make_trainer(tmp_path / str(skip), tok, optim={"weight_decay": 0.1},
-                          train={"skip_zero_advantage": skip, "ppo_epochs": 2, "mini_batch_size": 4,
-                                 "micro_batch_size": 2, "recompute_old_logp": "always"})
-        prepare = tr._prepare
-
-        def zero_first_group(batch, sm, prepare=prepare):
-            flops = prepare(batch, sm)
-            batch.advantages[:4] = 0.0
-            batch.advantages_host[:4] = 0.0
-            return flops
-
-        tr._prepare = zero_first_group
+        cfg = make_cfg(tmp_path / str(skip), optim={"weight_decay": 0.1},
+                       train={"skip_zero_advantage": skip, "ppo_epochs": 2, "mini_batch_size": 4,
+                              "micro_batch_size": 2, "recompute_old_logp": "always"})
+        tr = GMPOTrainer(tiny_model(tok, seed=0), tok, cfg, reward_funcs=[first_group_silent])
         calls = count_forwards(tr)
-        tr.samples, tr.peak_flops = SamplesWriter(tmp_path / f"s{skip}.jsonl", 0), 1e12
-        m = tr.train_step(1)
+        m = tr.step()  # rollout step 1
         results.append((weights(tr.model), sum(calls), m))
     (w_full, n_full, m_full), (w_skip, n_skip, m_skip) = results
-    assert m_skip["perf/rows_trained_frac"] <= 0.5 < m_full["perf/rows_trained_frac"] == 1.0
+    assert 0 < m_skip["perf/rows_trained_frac"] <= 0.5 < m_full["perf/rows_trained_frac"] == 1.0
     assert n_skip < n_full
     for name in w_full:
         torch.testing.assert_close(w_skip[name], w_full[name], rtol=1e-5, atol=1e-6)
