@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from gmpo import perf, update
-from gmpo.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
-from gmpo.update import length_buckets
+from gmpo import perf
+from gmpo.algo.ops import token_entropy, token_logprobs, token_logprobs_and_entropy
+from gmpo.train import forward
+from gmpo.train.forward import length_buckets, micro_batch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after
@@ -118,7 +119,7 @@ def test_length_buckets_is_optimal_against_brute_force(seed):
 def _trainer(tmp_path, tok):
     from gmpo.config import from_dict
     from gmpo.testing import tiny_model
-    from gmpo.trainer import Trainer
+    from gmpo.train import GMPOTrainer
 
     cfg = from_dict({
         "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 8, "truncated_reward": "keep"},
@@ -126,7 +127,7 @@ def _trainer(tmp_path, tok):
         "rewards": [{"name": "arithmetic"}], "data": {"eval_size": 4}, "guard": {"enabled": False},
         "log": {"progress": False, "print_every": 0},
     })
-    return Trainer(cfg, tiny_model(tok, seed=0), tok)
+    return GMPOTrainer(tiny_model(tok, seed=0), tok, cfg)
 
 
 def _forward_and_grad(tr, batch, mb):
@@ -139,15 +140,15 @@ def _forward_and_grad(tr, batch, mb):
 
 def test_length_bucketed_shared_forward_matches_plain(tmp_path, tok, monkeypatch):
     tr = _trainer(tmp_path, tok)
-    batch, _, _ = tr._collect(1)
+    batch, _, _ = tr.collect(1)
     batch.lengths = torch.tensor([8, 3, 5, 1, 7, 2, 6, 4])
     batch.mask = (torch.arange(batch.mask.shape[1])[None] < batch.lengths[:, None]).float()
     batch.completion_ids = torch.where(batch.mask.bool(), batch.completion_ids, tok.pad_token_id)
     batch.share_prompt = False
-    plain = _forward_and_grad(tr, batch, batch.micro_batch(torch.arange(8)))
-    monkeypatch.setattr(update, "BUCKET_OVERHEAD", 0)  # one bucket per distinct length
+    plain = _forward_and_grad(tr, batch, micro_batch(batch, torch.arange(8)))
+    monkeypatch.setattr(forward, "BUCKET_OVERHEAD", 0)  # one bucket per distinct length
     batch.share_prompt = True
-    mb = batch.micro_batch(torch.arange(8))
+    mb = micro_batch(batch, torch.arange(8))
     assert mb.shared is not None and len(mb.shared.buckets) == 8
     assert sorted(int(i) for rows, _ in mb.shared.buckets for i in rows) == list(range(8))
     bucketed = _forward_and_grad(tr, batch, mb)
@@ -176,9 +177,9 @@ def test_grouped_eager_attention_equals_transformers_eager():
 
 def test_eager_attention_switch_same_numbers_and_restores_the_model(tmp_path, tok):
     tr = _trainer(tmp_path, tok)
-    batch, _, _ = tr._collect(1)
+    batch, _, _ = tr.collect(1)
     batch.share_prompt = True
-    mb = batch.micro_batch(torch.arange(batch.n))
+    mb = micro_batch(batch, torch.arange(batch.n))
     before = tr.model.config._attn_implementation
     seen = []
     hook = tr.model.model.layers[0].self_attn.register_forward_pre_hook(
