@@ -169,7 +169,8 @@ def read_outcome(result, key: str, total: int) -> CodeOutcome:
     if stage == "compile":
         return CodeOutcome("compile_error", 0, total, res["error"], result.wall_s)
     if stage in ("import", "setup"):
-        return CodeOutcome("runtime_error", 0, total, res["error"], result.wall_s)
+        kind = "memory" if res["error"].startswith("MemoryError") else "runtime_error"
+        return CodeOutcome(kind, 0, total, res["error"], result.wall_s)
     outcome = "passed" if passed == total and total > 0 else "wrong_answer"
     return CodeOutcome(outcome, passed, total, res["error"], result.wall_s)
 
