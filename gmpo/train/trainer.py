@@ -298,7 +298,11 @@ class GMPOTrainer:
         want = self.cfg.train.steps * self.updates.updates_per_batch
         have = schedule_length(self.scheduler)
         if have != want:
-            self.scheduler.lr_lambdas[0].total = max(want, 1)
+            sched = self.scheduler
+            for lam in sched.lr_lambdas:
+                lam.total = max(want, 1)
+            for g, base, lam in zip(self.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                g["lr"] = base * lam(sched.last_epoch)  # continue on the new schedule from this position
             print(f"[gmpo] resumed from {self.resumed_from} (step {self.global_step}): the checkpoint's LR schedule "
                   f"spans {have} optimizer steps, this config's train.steps={self.cfg.train.steps} needs {want}: "
                   f"schedule rebuilt for {want}", flush=True)
