@@ -10,8 +10,14 @@ COMMANDS = {
     "train": ("gmpo.commands.train", "train a policy from a YAML recipe with key=value overrides"),
     "eval": ("gmpo.commands.eval", "evaluate a model on math benchmarks (Pass@1, mean@K, pass@K)"),
     "compare": ("gmpo.commands.compare", "run algorithms x seeds on one recipe and write a stability report"),
+    "tune": ("gmpo.commands.tune", "search hyperparameters with Optuna (pruning on held-out accuracy, resumable)"),
     "serve": ("gmpo.commands.serve", "serve models behind the OpenAI API: batching, A/B experiments, quality monitoring"),
     "ab": ("gmpo.commands.ab", "A/B experiment statistics from the serving request log: gmpo ab report"),
+    "dashboard": ("gmpo.commands.dashboard", "live web dashboard of training runs and the serving request log"),
+    "registry": ("gmpo.commands.registry", "model registry: add versions, list, show, move aliases, history"),
+    "promote": ("gmpo.commands.promote", "promote a registered candidate to production through an eval gate"),
+    "rollback": ("gmpo.commands.rollback", "roll production back to the previous version"),
+    "continual": ("gmpo.commands.continual", "safe continual learning: validate, probe, train, gate each new batch"),
 }
 
 

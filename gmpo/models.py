@@ -79,6 +79,29 @@ def convert_gguf(alias: str = DEFAULT_ALIAS, cache_dir: str | os.PathLike | None
     return target
 
 
+def resolve_model_ref(spec: str) -> str:
+    """``registry:NAME@ALIAS`` / ``registry:NAME@VERSION`` / ``registry:NAME`` -> the registered version's
+    directory (the registry at ``$GMPO_REGISTRY`` or ``~/.cache/gmpo/registry.db``); anything else unchanged.
+
+    The directory is checked cheaply (files present, sizes as registered); a damaged one is an error.
+    """
+    if not isinstance(spec, str) or not spec.startswith("registry:"):
+        return spec
+    from gmpo.runs.model_registry import ModelRegistry, RegistryError, default_path
+
+    if not default_path().is_file():
+        raise RegistryError(f"{spec}: no model registry at {default_path()} (set $GMPO_REGISTRY to its path)")
+    reg = ModelRegistry()
+    try:
+        mv = reg.resolve(spec[len("registry:"):])
+        problems = reg.verify(mv, deep=False)
+    finally:
+        reg.close()
+    if problems:
+        raise RegistryError(f"{spec}: the registered files are damaged: {'; '.join(problems)}")
+    return mv.path
+
+
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
     """Map the packaged-model alias to its converted directory; pass names and paths through."""
     if name_or_path.lower() in _GGUF_MODELS:
@@ -128,7 +151,8 @@ def load_model(
     cache_dir: str | os.PathLike | None = "",
     trust_remote_code: bool = False,
 ):
-    """Load ``(model, tokenizer)`` for a causal LM by hub name, local directory or the default alias.
+    """Load ``(model, tokenizer)`` for a causal LM by hub name, local directory, the default alias, or a
+    registry reference ``registry:NAME@ALIAS`` (see :func:`resolve_model_ref`).
 
     The tokenizer always has a pad token (EOS when the model defines none); generation padding is
     handled by the rollout engine, so no padding side is assumed here.
@@ -137,6 +161,7 @@ def load_model(
 
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    name_or_path = resolve_model_ref(name_or_path)
     path = resolve_model_path(name_or_path, cache_dir or None)
     local = Path(path)
     if local.exists() and not (local / "config.json").is_file():
