@@ -3,12 +3,11 @@ with merged weights, and the guard's disk fallback."""
 import pytest
 import torch
 
-from gmpo import checkpoint
 from gmpo.config import from_dict
-from gmpo.telemetry.sinks import SamplesWriter
+from gmpo.runs import checkpoint
 from gmpo.testing import tiny_model
-from gmpo.trainer import Trainer
-
+from gmpo.train import GMPOTrainer
+from gmpo.train.hooks import Hook, Restore
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread, restored after
@@ -18,7 +17,7 @@ def parity_reward(prompts, completions, **columns):
     return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
 
 
-def make_trainer(tmp_path, tok, name="run", **sections):
+def make_trainer(tmp_path, tok, name="run", hooks=None, **sections):
     data = {
         "rollout": {"prompts_per_step": 2, "group_size": 4, "max_new_tokens": 6, "truncated_reward": "keep"},
         "train": {"steps": 3, "micro_batch_size": 8, "output_dir": str(tmp_path / name), "bf16": "false", "threads": 1,
@@ -26,19 +25,20 @@ def make_trainer(tmp_path, tok, name="run", **sections):
         "optim": {"lr": 1e-2},
         "rewards": [{"name": f"{__file__}:parity_reward"}],
         "data": {"eval_size": 4},
+        "eval": {"at_start": False, "at_end": False},
         "log": {"progress": False, "samples_per_step": 0},
         "guard": {"enabled": False},
     }
     for k, v in sections.items():
         data.setdefault(k, {}).update(v)
-    tr = Trainer(from_dict(data), tiny_model(tok, seed=0), tok)
-    tr.samples, tr.peak_flops = SamplesWriter(tmp_path / "s.jsonl", 0), 1e12
-    return tr
+    return GMPOTrainer(tiny_model(tok, seed=0), tok, from_dict(data), hooks=hooks)
 
 
 def step(tr):
-    tr.train_step(tr.step + 1)
-    tr.step += 1
+    """One rollout step through the public step API."""
+    n = tr.global_step
+    tr.step()
+    assert tr.global_step == n + 1
 
 
 def test_save_prunes_and_leaves_no_temp(tmp_path, tok):
@@ -78,7 +78,7 @@ def test_load_restores_every_part(tmp_path, tok):
     tr.events = 3
     path = tr.save_checkpoint()
     fresh = make_trainer(tmp_path, tok, name="other", train={"resume": str(path)})
-    assert fresh.resumed_from == path and fresh.step == 1 and fresh.events == 3
+    assert fresh.resumed_from == path and fresh.global_step == 1 and fresh.events == 3
     for (n, a), (_, b) in zip(tr.model.named_parameters(), fresh.model.named_parameters()):
         assert torch.equal(a, b), n
     sa, sb = tr.optimizer.state_dict(), fresh.optimizer.state_dict()
@@ -109,17 +109,31 @@ def test_lora_checkpoint_has_adapter_and_merged_model(tmp_path, tok):
         assert torch.equal(a, b), n
 
 
+class DiskRollback(Hook):
+    """At step `at`'s end: loads the newest checkpoint on disk and returns it as a Restore (the guard's fallback
+    when it holds no in-memory snapshot); records what the trainer looked like right after the load."""
+
+    def __init__(self, at: int):
+        self.at, self.seen = at, None
+
+    def on_step_end(self, trainer, step, metrics):
+        if step != self.at:
+            return None
+        current = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        snap, path = trainer.load_last_checkpoint()
+        undisturbed = all(torch.equal(current[n], p) for n, p in trainer.model.named_parameters())
+        self.seen = (path.name, trainer.global_step, undisturbed)
+        return Restore(snap, 1.0, f"checkpoint {path}")
+
+
 def test_load_last_checkpoint_is_a_restorable_snapshot(tmp_path, tok):
-    tr = make_trainer(tmp_path, tok)
+    hook = DiskRollback(at=2)
+    tr = make_trainer(tmp_path, tok, hooks=[hook])
     assert tr.load_last_checkpoint() is None
     step(tr)
     tr.save_checkpoint()
     saved = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
-    step(tr)
-    current = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
-    snap, path = tr.load_last_checkpoint()
-    assert path.name == "step_000001" and tr.step == 2  # loading it did not disturb the trainer
-    assert all(torch.equal(current[n], p) for n, p in tr.model.named_parameters())
-    tr.restore(snap)
-    assert tr.step == 1
+    tr.step()  # step 2 ends, the hook rolls back to the checkpoint of step 1
+    assert hook.seen == ("step_000001", 2, True)  # loading it did not disturb the trainer
+    assert tr.global_step == 1 and tr.rollbacks == 1
     assert all(torch.equal(saved[n], p) for n, p in tr.model.named_parameters())
