@@ -161,3 +161,56 @@ def test_dapo_dynamic_sampling_filters_on_accuracy(tmp_path, tok):
         rounds[metric] = (m["rollout/sampling_rounds"], m["rollout/groups_kept"])
     assert rounds["accuracy"] == (3, 2)  # nothing informative: every allowed round sampled, then the last kept
     assert rounds["reward"][0] < 3 and rounds["reward"][1] == 2  # the penalty alone made groups 'informative'
+
+
+def _bos_tokenizer():
+    """The tiny tokenizer made Llama-like: it prepends its BOS (<|im_start|>) by default."""
+    from tokenizers import processors
+
+    from gmpo.testing import tiny_tokenizer
+
+    t = tiny_tokenizer()
+    t.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", t.bos_token_id)])
+    assert t("a")["input_ids"][0] == t.bos_token_id
+    return t
+
+
+@pytest.mark.parametrize("template", ["chat", "qwen_math", "r1", "plain", "Question: {prompt}\nAnswer:"])
+def test_training_heldout_and_eval_encode_prompts_identically(template, shared_data):
+    """One prompt encoder: the training loader, held-out accuracy and `gmpo eval` send the same token ids to
+    the engine for every template (before: eval left out the BOS that training added for r1/plain)."""
+    from datasets import Dataset
+
+    from gmpo.config import DataConfig
+    from gmpo.data.loader import PromptLoader
+    from gmpo.eval import run_eval
+    from gmpo.eval.benchmarks import load_benchmark
+    from gmpo.eval.heldout import heldout_accuracy
+    from gmpo.rewards import RewardRunner
+    from gmpo.rollout.engine import KVCacheEngine
+
+    class Recording(KVCacheEngine):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.seen = []
+
+        def generate(self, prompts, params):
+            self.seen.extend([list(p) for p in prompts])
+            return super().generate(prompts, params)
+
+    tok = _bos_tokenizer()
+    questions = [p.question for p in load_benchmark("gsm8k", shared_data, limit=3)]
+    dc = DataConfig(template=template, shuffle=False, max_prompt_tokens=0)
+    ds = Dataset.from_dict({"prompt": questions, "answer": ["0"] * len(questions)})
+    train_ids = PromptLoader(ds, tok, dc, batch_size=len(questions)).ids
+    model = tiny_model(tok, seed=0)
+    held = Recording(model, tok)
+    heldout_accuracy(held, tok, ds, dc, RewardRunner(["numeric_answer"], errors="zero"), max_new_tokens=2)
+    ev = Recording(model, tok)
+    run_eval(model, tok, "gsm8k", data_dir=shared_data, limit=3, max_new_tokens=2, template=template, engine=ev)
+    assert held.seen == train_ids
+    assert ev.seen == train_ids
+    if template not in ("chat", "qwen_math"):  # raw text: the BOS a Llama-style model expects, on every path
+        assert all(ids[0] == tok.bos_token_id for ids in train_ids)
+    assert all(ids[:2] != [tok.bos_token_id, tok.bos_token_id] for ids in train_ids)  # never a doubled BOS
