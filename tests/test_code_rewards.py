@@ -123,3 +123,28 @@ def test_through_the_reward_runner():
         code_tests(["p"], ["x"], answer=["1"])
     with pytest.raises(ValueError, match="mode must be"):
         code_tests(["p"], ["x"], tests=[ADD_TESTS], mode="some")
+
+
+def test_recipe_trains_one_step_with_the_code_reward(shared_data, tok, model, one_thread, tmp_path):
+    """configs/mbpp_gmpo.yaml on the tiny model: MBPP train prompts, the sandboxed reward, held-out pass@1."""
+    from pathlib import Path
+
+    from gmpo.config import load_config
+    from gmpo.eval.code import code_dataset
+    from gmpo.train import GMPOTrainer
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "mbpp_gmpo.yaml"
+    cfg = load_config(recipe, ["train.steps=1", "rollout.prompts_per_step=2", "rollout.group_size=2",
+                               "rollout.max_new_tokens=8", "train.micro_batch_size=4", "eval.every=0", "data.max_prompt_tokens=0",
+                               "eval.at_start=false", "data.eval_size=2", "log.print_every=0",
+                               f"train.output_dir={tmp_path / 'run'}", "train.save_every=0"])
+    assert [r.name for r in cfg.rewards] == ["code_tests", "code_format"]
+    train = code_dataset(str(shared_data / "mbpp.jsonl"), "train")
+    held = code_dataset(str(shared_data / "mbpp.jsonl"), "validation")
+    assert (train[0]["task_id"], len(train), len(held)) == ("601", 374, 90)
+    tr = GMPOTrainer(model, tok, cfg, train_dataset=train, eval_dataset=held)
+    metrics = tr.step()
+    summary = tr.close()
+    assert "reward/code_tests/mean" in metrics and metrics["reward/code_tests/mean"] == 0.0  # random weights
+    assert sum(v for k, v in code_tests.last_metrics.items() if k.startswith("status/")) == 2  # the 2 held-out
+    assert summary["steps"] == 1 and summary["eval_after"] == 0.0

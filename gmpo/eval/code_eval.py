@@ -72,12 +72,6 @@ def check_code_grader(names: list[str], data_dir: str | Path = "", limit: int = 
     return report
 
 
-def _encode(tokenizer, texts: list[str], template: str, system_prompt: str) -> tuple[list[str], list[list[int]]]:
-    from gmpo.data.prompts import PromptEncoder
-
-    return PromptEncoder(tokenizer, template, system_prompt).encode_batch(texts)
-
-
 def run_code_eval(model, tokenizer, names: list[str], *, data_dir: str | Path = "", limit: int = 0,
                   humaneval_file: str = "", max_new_tokens: int = 512, template: str = "chat",
                   system_prompt: str = "", samples: int = 1, temperature: float = 0.0, top_p: float = 1.0,
@@ -87,6 +81,8 @@ def run_code_eval(model, tokenizer, names: list[str], *, data_dir: str | Path = 
     """Evaluate ``model`` on code benchmarks; the report has ``benchmarks`` ({name: {"n", "pass@1" or
     "mean@K" and "pass@k"}}), ``outcomes`` (counts per benchmark), ``average``, ``settings``, ``timing``
     and ``sandbox`` (the isolation used). Per-problem records go to ``records_path`` (jsonl, rewritten)."""
+    from gmpo.data.prompts import PromptEncoder
+    from gmpo.eval.runner import generate
     from gmpo.rollout import SamplingParams, make_engine
 
     unknown = [n for n in names if n not in CODE_BENCHMARKS]
@@ -96,6 +92,7 @@ def run_code_eval(model, tokenizer, names: list[str], *, data_dir: str | Path = 
         raise ValueError(f"samples={samples} needs samples >= 1 and, when > 1, a temperature > 0")
     pool = _pool(pool, isolation, workers)
     engine = engine or make_engine("engine", model, tokenizer, bf16=bf16)
+    encoder = PromptEncoder(tokenizer, template, system_prompt)
     out = None
     if records_path:
         Path(records_path).parent.mkdir(parents=True, exist_ok=True)
@@ -108,11 +105,10 @@ def run_code_eval(model, tokenizer, names: list[str], *, data_dir: str | Path = 
             verdicts, tally = [], {}
             for start in range(0, len(probs), batch_size):
                 batch = probs[start:start + batch_size]
-                texts, ids = _encode(tokenizer, [p.prompt for p in batch], template, system_prompt)
                 params = SamplingParams(n=samples, max_new_tokens=max_new_tokens, temperature=temperature,
                                         top_p=top_p, seed=seed + start)
                 t0 = time.perf_counter()
-                roll = engine.generate(ids, params)
+                texts, roll = generate(engine, encoder, [p.prompt for p in batch], params)  # gmpo eval's one path
                 gen_s += time.perf_counter() - t0
                 tokens += int(sum(roll.lengths.tolist()))
                 comps = [roll.texts[i * samples:(i + 1) * samples] for i in range(len(batch))]
