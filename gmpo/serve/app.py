@@ -89,7 +89,7 @@ def build_app(service):
         user = request.headers.get(USER_HEADER, "")
         try:
             req = parse(await read_json(request), cfg)
-            out = await service.generate(req, req.user or user)
+            out = await service.generate(req, req.user or user, t0, ts)
         except APIError as err:
             service.record_error(req, err, t0, ts, user)
             raise
@@ -150,7 +150,9 @@ def build_app(service):
         if not isinstance(comment, str) or len(comment) > 4000:
             raise APIError(400, "'comment' must be a string of at most 4000 characters", "comment")
         value = _feedback_value(kind, body.get("value"))
-        if not service.reqlog.has_request(rid):
+        from starlette.concurrency import run_in_threadpool
+
+        if not await run_in_threadpool(service.reqlog.has_request, rid):
             raise APIError(404, f"no request with id {rid!r} in the request log", "request_id")
         service.reqlog.feedback(rid, kind, value, comment)
         return {"object": "feedback", "request_id": rid, "kind": kind, "value": value}

@@ -68,19 +68,25 @@ def resolve_source(source: str, registry_path: str = "") -> tuple[str, int | Non
 
 def load_served(name: str, source: str, cfg) -> ServedModel:
     """Load one model version (weights, tokenizer, engine, encoder) for ``cfg`` (a ServeConfig)."""
-    from gmpo.data.prompts import PromptEncoder
     from gmpo.models import load_model
-    from gmpo.rollout import make_engine
 
     path, version = resolve_source(source, cfg.registry)
     model, tokenizer = load_model(path, dtype=cfg.dtype)
+    return served_from(name, model, tokenizer, cfg, source=source, path=str(path), version=version)
+
+
+def served_from(name: str, model, tokenizer, cfg, *, source: str = "", path: str = "", version: int | None = None):
+    """Wrap an in-memory model and tokenizer as a :class:`ServedModel` (engine and prompt encoder built here)."""
+    from gmpo.data.prompts import PromptEncoder
+    from gmpo.rollout import make_engine
+
     model.eval()
     engine = make_engine("engine", model, tokenizer, bf16=cfg.bf16, decode_batch_size=max(cfg.max_batch_rows, 1))
     template = cfg.template if getattr(tokenizer, "chat_template", None) or cfg.template != "chat" else "plain"
     encoder = PromptEncoder(tokenizer, template=template, system_prompt=cfg.system_prompt,
                             max_prompt_tokens=cfg.max_prompt_tokens)
     conf = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return ServedModel(name, source, str(path), version, model, tokenizer, engine, encoder,
+    return ServedModel(name, source or name, path or f"<in-memory {name}>", version, model, tokenizer, engine, encoder,
                        getattr(conf, "max_position_embeddings", None))
 
 

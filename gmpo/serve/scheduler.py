@@ -103,6 +103,7 @@ class Scheduler:
         self.running: dict[str, int] = collections.Counter()  # model -> requests in the running batch
         self.batches: collections.deque[BatchRecord] = collections.deque(maxlen=1000)
         self._batch_ids = itertools.count(1)
+        self.on_batch = None  # called with each BatchRecord (the metrics' batch-size histogram)
         self._thread = threading.Thread(target=self._loop, name="gmpo-serve-worker", daemon=True)
         self._thread.start()
 
@@ -199,7 +200,10 @@ class Scheduler:
             t1 = time.perf_counter()
             with self._cond:
                 self.running[served.name] -= len(batch)
-            self.batches.append(BatchRecord(bid, served.name, len(batch), len(prompts) * params.n, t0, t1))
+            record = BatchRecord(bid, served.name, len(batch), len(prompts) * params.n, t0, t1)
+            self.batches.append(record)
+            if self.on_batch is not None:
+                self.on_batch(record)
         lengths = out.lengths.tolist()
         ids = out.completion_ids.tolist()
         steps = max(lengths) if lengths else 0

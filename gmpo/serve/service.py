@@ -67,6 +67,7 @@ class Service:
         self.scorers = Scorers(cfg.scorers, cfg.rewards)
         self.monitor = QualityMonitor(cfg, self.router, self.sinks, self.reqlog)
         self.metrics = ServeMetrics(self.scheduler)
+        self.scheduler.on_batch = lambda rec: self.metrics.batch_rows.labels(rec.model).observe(rec.rows)
         if experiment is not None and self.reqlog.experiment(experiment.id, experiment.config_json()):
             self.reqlog.event("experiment_start", f"experiment {experiment.id} started: {experiment.config_json()}",
                               experiment=experiment.id)
@@ -155,9 +156,10 @@ class Service:
         scores = self.scorers.score(prompt_text, res.texts, res.completion_ids, res.finish, reference)
         return combine(scores)
 
-    async def generate(self, req: GenRequest, user: str = "") -> Outcome:
-        """Run one request end to end (raises APIError for 4xx/5xx answers)."""
-        t0, ts = time.perf_counter(), time.time()
+    async def generate(self, req: GenRequest, user: str = "", t0: float | None = None, ts: float | None = None) -> Outcome:
+        """Run one request end to end (raises APIError for 4xx/5xx answers); ``t0`` (perf_counter) and ``ts``
+        (unix time) mark its arrival (default: now)."""
+        t0, ts = t0 or time.perf_counter(), ts or time.time()
         route = self.resolve(req, user)
         try:
             served = self.pool.get(route.model)
@@ -181,7 +183,8 @@ class Service:
         itl = res.compute_s / max(res.steps, 1)
         extra = {"experiment": route.experiment, "arm": route.arm, "served_model": answer_model.name,
                  "quality": quality, "fallback": fallback, "batch_rows": res.batch_rows}
-        return Outcome(req, route, answer_model, text, list(zip(answer.texts, answer.finish)), answer.completion_ids,
+        texts = [_strip_stop(t, f, req.stop) for t, f in zip(answer.texts, answer.finish)]
+        return Outcome(req, route, answer_model, text, list(zip(texts, answer.finish)), answer.completion_ids,
                        sum(len(x) for x in ids), quality, scores, fallback, res.queue_s, itl, t0, ts,
                        answer_model.label, extra)
 
@@ -216,6 +219,15 @@ class Service:
                             model=r.model, user=req.user or user or None, endpoint=req.endpoint,
                             n=req.n, latency_s=time.perf_counter() - t0, finish_reason="error", status=err.status,
                             fallback=0, error=err.message, reference=req.reference)
+
+
+def _strip_stop(text: str, finish: str, stops: list[str]) -> str:
+    """OpenAI semantics: the answer ends before the stop string (the engine's text includes it)."""
+    if finish == "stop":
+        for stop in stops:
+            if text.endswith(stop):
+                return text[: -len(stop)]
+    return text
 
 
 def _json(x) -> str:
