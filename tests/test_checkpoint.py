@@ -137,3 +137,37 @@ def test_load_last_checkpoint_is_a_restorable_snapshot(tmp_path, tok):
     assert hook.seen == ("step_000001", 2, True)  # loading it did not disturb the trainer
     assert tr.global_step == 1 and tr.rollbacks == 1
     assert all(torch.equal(saved[n], p) for n, p in tr.model.named_parameters())
+
+
+class CrashMidStep(Hook):
+    """Raises before the second optimizer step of rollout step 2 (its first mini-batch is already applied);
+    keeps the weights as they were when step 1 ended."""
+
+    def __init__(self):
+        self.calls, self.after_step1 = 0, None
+
+    def on_step_end(self, trainer, step, metrics):
+        if step == 1:
+            self.after_step1 = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+    def before_optimizer_step(self, trainer, step, stats):
+        if step == 2:
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("crash in the middle of step 2")
+        return "ok"
+
+
+def test_a_crash_mid_step_never_checkpoints_a_partial_step(tmp_path, tok):
+    """train() dying inside step 2 must not leave a checkpoint named after step 1 that holds part of step 2
+    (weights after one of its mini-batches, the loader past its prompts): resuming from it would be inexact."""
+    hook = CrashMidStep()
+    tr = make_trainer(tmp_path, tok, hooks=[hook], train={"mini_batch_size": 4, "micro_batch_size": 4})
+    with pytest.raises(RuntimeError, match="middle of step 2"):
+        tr.train()
+    found = checkpoint.checkpoint_dirs(tmp_path / "run" / "checkpoints")
+    if found:  # a checkpoint written on the way out must be the state it is named after
+        assert found[-1].name == "step_000001"
+        fresh = make_trainer(tmp_path, tok, name="other", train={"resume": str(found[-1]), "mini_batch_size": 4,
+                                                                 "micro_batch_size": 4})
+        assert all(torch.equal(hook.after_step1[n], p) for n, p in fresh.model.named_parameters())

@@ -6,9 +6,9 @@ import pytest
 from gmpo.cli import main
 from gmpo.compare import DONE_FILE, parse_algos, parse_seeds, run_compare
 from gmpo.config import ConfigError
-from gmpo.hooks import Hook
 from gmpo.report.html import find_chromium
 from gmpo.rewards.runner import REWARDS, register_reward
+from gmpo.train.hooks import Hook
 
 
 def _char_reward(prompts, completions, **columns):
@@ -84,13 +84,13 @@ class Interrupt(Hook):
 
 
 def test_interrupted_run_resumes_from_checkpoint(tmp_path, tiny_model_dir):
-    from gmpo.trainer import Trainer
+    from gmpo.train import GMPOTrainer
 
     out = tmp_path / "cmp"
     ov = tiny_overrides(tiny_model_dir, steps=3) + ["train.save_every=1", "eval.at_end=false"]
 
     def interrupted(cfg):
-        return Trainer(cfg, hooks=[Interrupt()]).train()
+        return GMPOTrainer(config=cfg, hooks=[Interrupt()]).train()
 
     with pytest.raises(KeyboardInterrupt):
         run_compare(None, ["gmpo"], [0], out, ov, train_fn=interrupted, log=lambda s: None)
@@ -99,7 +99,7 @@ def test_interrupted_run_resumes_from_checkpoint(tmp_path, tiny_model_dir):
     resumed = []
 
     def train(cfg):
-        t = Trainer(cfg)
+        t = GMPOTrainer(config=cfg)
         resumed.append(t.resumed_from)
         return t.train()
 
