@@ -2,7 +2,8 @@
 
 Every such completion is right by construction, so the pass rate must be 100 %; anything less is a
 grader defect (issue 16, defect 1: the question-echo stripper cut answers that repeat the question).
-Also times a batch of pathological completions (``\\boxed{9^{9^{9}}}``, defect 7).
+Also times a batch of pathological completions (``\\boxed{9^{9^{9}}}``, defect 7): through the
+``math_answer`` reward (towers are caught as too large) and straight through the math-verify processes.
 
     .venv/bin/python benchmarks/grading_boxed_gold.py [--data ../shared/data] [--limit N] [--pathological 64]
 """
@@ -41,16 +42,33 @@ def boxed_gold(questions: list[str], golds: list[str], chunk: int = 256) -> tupl
 
 
 def pathological(n: int, timeout: float | None) -> tuple[float, list[float]]:
-    """(wall seconds, scores) for n ``\\boxed{9^{9^{9}}}`` completions plus two normal ones."""
+    """(wall seconds, scores) of one math_answer call on n distinct power towers (``\\boxed{9^{9^{9}}}``,
+    ``\\boxed{10^{10^{10}}}``, ...) plus three normal answers (expected scores 1, 0, 1)."""
     from gmpo.rewards import math_answer
 
-    comps = ["\\boxed{9^{9^{9}}}"] * n + ["\\boxed{\\frac{1}{2}}", "\\boxed{3}"]
-    golds = ["5"] * n + ["0.5", "4"]
+    comps = [f"\\boxed{{{b}^{{{b}^{{{b}}}}}}}" for b in range(9, 9 + n)]
+    comps += ["\\boxed{\\frac{1}{2}}", "\\boxed{3}", "\\boxed{x^2+2x+1}"]
+    golds = ["5"] * n + ["0.5", "4", "(x+1)^2"]
     kw = {} if timeout is None else {"timeout": timeout}
-    math_answer(["q"], ["\\boxed{\\sqrt{4}}"], answer=["2"])  # start a worker first (not part of the cost)
+    math_answer(["q"], ["\\boxed{\\sqrt{4}}"], answer=["2"])  # start the grading server first (paid once)
     t0 = time.perf_counter()
     scores = math_answer(["q"] * len(comps), comps, answer=golds, **kw)
     return time.perf_counter() - t0, scores
+
+
+def slow_pool(n: int, timeout: float) -> tuple[float, int]:
+    """(wall seconds, timeouts) of n power towers sent straight to the math-verify processes (no too-large
+    check): what a flood of slow answers the check does not catch costs."""
+    from gmpo.grading.pool import MathVerifyPool
+
+    pool = MathVerifyPool()
+    try:
+        pool.run([("\\sqrt{4}", "2")], timeout)  # start-up
+        t0 = time.perf_counter()
+        pool.run([(f"{b}^{{{b}^{{{b}}}}}", "5") for b in range(9, 9 + n)], timeout)
+        return time.perf_counter() - t0, pool.n_timeouts
+    finally:
+        pool.close()
 
 
 def main() -> None:
@@ -72,11 +90,15 @@ def main() -> None:
         for i in wrong[:args.show]:
             print(f"  wrong #{i}: gold {gs[i][:100]!r}")
     if args.pathological:
-        wall, scores = pathological(args.pathological, args.timeout)
-        n = args.pathological
-        print(f"pathological: {n} x \\boxed{{9^{{9^{{9}}}}}} + 2 normal in {wall:.2f} s wall; "
-              f"pathological scores sum {sum(scores[:n])}, normal scores {scores[n:]} (expected [1.0, 0.0])")
+        from gmpo.grading import DEFAULT_TIMEOUT
 
+        n, timeout = args.pathological, args.timeout or DEFAULT_TIMEOUT
+        wall, scores = pathological(n, args.timeout)
+        print(f"math_answer: {n} power towers + 3 normal answers in {wall:.2f} s wall at timeout {timeout} s; "
+              f"tower scores sum {sum(scores[:n])}, normal scores {scores[n:]} (expected [1.0, 0.0, 1.0])")
+        wall, timeouts = slow_pool(n, timeout)
+        print(f"math-verify processes: {n} towers sent straight to math-verify in {wall:.2f} s wall "
+              f"({wall / timeout:.2f} x the {timeout} s timeout; {timeouts} timed out)")
 
 if __name__ == "__main__":
     main()

@@ -1,11 +1,15 @@
 """Answer extraction, math-verify grading, hard timeouts and reward-hacking probes."""
 import json
+import os
+import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from gmpo import grading
+from gmpo.grading import pool
 from gmpo.grading import GradeResult, extract_answer, extract_boxed, grade, verify
 
 
@@ -172,25 +176,27 @@ def test_pathological_input_times_out_as_wrong_from_a_thread():
     assert verify(r"\sqrt{4}", "2")  # the grader still works afterwards
 
 
-def test_worker_that_blocks_is_abandoned_by_the_caller():
-    """The caller's own deadline: a worker told to allow 30 s is given up on after 0.3 s."""
-    w = grading._Worker()
+def test_server_that_stops_answering_is_abandoned_by_the_caller():
+    """The caller's own deadline: a server that goes silent is killed after timeout + grace, not waited on."""
+    server = pool._Server()
     try:
+        os.kill(server.proc.pid, signal.SIGSTOP)  # a server stuck for any reason
         t0 = time.monotonic()
-        assert w.request("9^{9^{9^{9}}}", "5", timeout=30.0, wait=0.3) is None
-        assert time.monotonic() - t0 < 2.0
+        with pytest.raises(pool.ServerDied, match="silent"):
+            server.run([(r"\frac{1}{2}", "0.5")], 0.3)
+        assert time.monotonic() - t0 < 0.3 + pool.GRACE_S + 1.0
     finally:
-        w.close()
-    assert w.proc.poll() is not None  # killed
+        server.close()
+    assert server.proc.poll() is not None  # killed
 
 
 def test_concurrent_threads_agree_with_serial():
     cases = [(r"\frac{%d}{4}" % i, "%g" % (i / 4)) for i in range(12)] + [("7", r"\frac{14}{3}")]
-    expected = [verify(p, g) for p, g in cases]
+    expected = [verify(p, g, timeout=10) for p, g in cases]
     got = [None] * len(cases)
 
-    def work(i):
-        got[i] = verify(*cases[i])
+    def work(i):  # 13 servers start at once: a generous timeout, this checks agreement, not speed
+        got[i] = verify(*cases[i], timeout=10)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
     for th in threads:
@@ -317,3 +323,121 @@ def test_every_math500_gold_boxed_verbatim_grades_correct(shared_data):
         rows = [json.loads(line) for line in f]
     assert len(rows) == 500
     assert _boxed_gold_failures([r["problem"] for r in rows], [r["answer"] for r in rows]) == []
+
+
+# ---------------------------------------------------------------- pathological batches (issue 16 defect 7)
+
+TOWERS = [f"\\boxed{{{b}^{{{b}^{{{b}}}}}}}" for b in range(9, 9 + 64)]  # 64 distinct, e.g. \boxed{9^{9^{9}}}
+NORMAL = [  # (completion, gold, score): comparisons that need math-verify, right and wrong
+    (r"so \boxed{\frac{1}{2}}", "0.5", 1.0), (r"\boxed{2\sqrt{2}}", r"\sqrt{8}", 1.0),
+    (r"\boxed{x^2+2x+1}", "(x+1)^2", 1.0), (r"\boxed{\frac{2}{3}}", "0.5", 0.0),
+    (r"\boxed{(1, 2)}", r"\left( 1, 2 \right)", 1.0), (r"\boxed{3\pi}", r"2\pi", 0.0),
+]
+
+
+def _children(pid: int) -> list[int]:
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in kids.read_text().split()] if kids.exists() else []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_pathological_batch_costs_about_two_timeouts_and_normal_answers_still_grade():
+    """Issue 16 defect 7: 64 distinct power towers plus normal answers in one math_answer call at the default
+    timeout. Towers are too large to compare (decided in-process); normal verdicts are right."""
+    from gmpo.rewards import math_answer
+
+    math_answer(["q"], [r"\boxed{\sqrt{4}}"], answer=["2"])  # a warm server: start-up is paid once per process
+    comps = [c for c, _, _ in NORMAL[:3]] + TOWERS + [c for c, _, _ in NORMAL[3:]]
+    golds = [g for _, g, _ in NORMAL[:3]] + ["5"] * 64 + [g for _, g, _ in NORMAL[3:]]
+    before = grading.grader_stats()
+    t0 = time.monotonic()
+    scores = math_answer(["q"] * len(comps), comps, answer=golds)
+    wall = time.monotonic() - t0
+    assert scores == [s for _, _, s in NORMAL[:3]] + [0.0] * 64 + [s for _, _, s in NORMAL[3:]]
+    after = grading.grader_stats()
+    assert after["too_large"] - before["too_large"] == 64 and after["timeouts"] == before["timeouts"]
+    assert wall < 2.5 * grading.DEFAULT_TIMEOUT, f"64 pathological completions took {wall:.2f}s"
+
+
+def test_a_flood_of_slow_comparisons_shares_one_timeout():
+    """The process pool's own bound, without the too-large check: 64 slow comparisons (towers sent straight
+    to math-verify) cost about one timeout plus their first CPU slices, not 64 timeouts (192 s here); the
+    quick comparisons of the batch are answered right (they run ahead of the slow ones)."""
+    timeout = 3.0  # fixed costs (64 forks, first slices) are ~1 s idle, ~3 s under load 14 on 2 cores
+    quick = [(r"\frac{2}{4}", "0.5", True), (r"\frac{2}{3}", "0.5", False), ("x = 5", "5", True)]
+    jobs = [(p, g) for p, g, _ in quick] + [(t[7:-1], "5") for t in TOWERS]
+    p = pool.MathVerifyPool()
+    try:
+        assert p.run([(r"\sqrt{4}", "2")], timeout) == [True]  # start-up
+        t0 = time.monotonic()
+        out = p.run(jobs, timeout)
+        wall = time.monotonic() - t0
+        assert out == [ok for _, _, ok in quick] + [False] * 64
+        assert p.n_timeouts == 64
+        assert wall < 2.5 * timeout, f"64 slow comparisons took {wall:.2f}s at timeout {timeout}s"
+    finally:
+        p.close()
+
+
+def test_too_large():
+    for big in ["9^{9^{9}}", "10^{10^{10}}", "2^{2^{22}}", "9^{9^9}", "1000000!", r"\frac{9^{9^{9}}}{2}",
+                "2^{10000000}"]:
+        assert grading.too_large(big), big
+    for fine in ["2^{100}", "3^{3^3}", "2^{2^{20}}", "9^99", "100!", "x^{9^{9}}", "0^{9^{9}}", "1^{10^{10}}", "72",
+                 "3^{x}", "12!+7!", "5^{}"]:
+        assert not grading.too_large(fine), fine
+    assert verify("2^{100}", "1267650600228229401496703205376")  # large but fine: still compared
+
+
+def test_timeout_option_default_and_validation():
+    import inspect
+
+    from gmpo.rewards import gsm8k_answer, math_answer
+
+    assert grading.DEFAULT_TIMEOUT == 1.0  # the official GMPO code's value (was 5 s)
+    for fn in (math_answer, gsm8k_answer, grade, verify):
+        assert inspect.signature(fn).parameters["timeout"].default == 1.0
+    verify("1/2", "0.5")  # warm
+    t0 = time.monotonic()
+    assert math_answer(["q"], [TOWERS[0]], answer=["5"], timeout=0.3) == [0.0]
+    assert time.monotonic() - t0 < 0.3 + 1.5
+    for bad in (0, -1, float("nan"), "1", True):
+        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+            math_answer(["q"], [r"\boxed{1}"], answer=["1"], timeout=bad)
+        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+            gsm8k_answer(["q"], ["1"], answer=["1"], timeout=bad)
+
+
+def test_killed_comparisons_leave_no_processes_behind():
+    """Timed-out comparisons are killed and reaped; killing the server takes its paused children with it."""
+    towers = [(t[7:-1], "5") for t in TOWERS[:8]]  # straight to math-verify (no too-large check)
+    p = pool.MathVerifyPool()
+    try:
+        assert p.run(towers[:1], 0.2) == [False]
+        server = p._idle[-1]
+        kids = _children(server.proc.pid)
+        assert 1 <= len(kids) <= pool.SLOTS + 2  # idle children only; the killed one was reaped
+        result = []
+        th = threading.Thread(target=lambda: result.append(p.run(towers, 30.0)))
+        th.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and len(_children(server.proc.pid)) < 8:
+            time.sleep(0.05)
+        busy = _children(server.proc.pid)
+        assert len(busy) >= 8
+        os.kill(server.proc.pid, signal.SIGKILL)  # the server dies mid-batch (OOM killer, a bug)
+        th.join(timeout=30)
+        assert result == [[False] * 8]  # counted as wrong, not hung
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10 and not all(_gone(k) for k in busy):
+            time.sleep(0.05)
+        assert all(_gone(k) for k in busy), "children outlived their server"
+        assert p.run([(r"\sqrt{4}", "2")], 5.0) == [True]  # a fresh server serves the next call
+    finally:
+        p.close()

@@ -1,166 +1,44 @@
-"""Answer extraction and math-equivalence grading with a hard timeout.
+"""Answer extraction and math-equivalence grading with a hard, batch-aware timeout.
 
-``grade(completion, gold)`` takes the *final answer* of a completion (the last ``\\boxed{}``; else the
-last "the answer is X" / "Final Answer: X" / "#### X"; else the last number) and checks it against the
-gold answer with math-verify. Only the final-answer position counts: a right answer written earlier and
-then replaced, an empty ``\\boxed{}``, or a list of candidates ("3, 4, 5" when the gold is 4) is wrong.
+``grade(completion, gold)`` takes the *final answer* of a completion (:func:`final_answer`: the last
+``\\boxed{}``; else the last "the answer is X" / "Final Answer: X" / "#### X"; else the last number) and
+checks it against the gold answer with math-verify. Only the final-answer position counts: a right
+answer written earlier and then replaced, an empty ``\\boxed{}``, or a list of candidates ("3, 4, 5"
+when the gold is 4) is wrong. :func:`grade_batch` / :func:`verify_batch` do a whole batch at once.
 
 Gold answers come in the shapes the benchmarks use: a LaTeX string (MATH500, AIME), a float (AMC:
 ``27.0`` equals "27"), or a list of acceptable strings (OlympiadBench, Minerva in the Dr. GRPO files;
 any one may match).
 
 Cost and safety. Plain numbers and string-identical answers are decided in-process in microseconds.
-Everything else goes to a persistent grading subprocess (spawned on first use, one per concurrent
-caller) that runs math-verify with math-verify's own signal-based timeouts disabled and a whole-call
-deadline of its own; the caller waits at most ``timeout`` (+ a short grace) and kills and replaces a
-worker that does not answer, so an expression that blocks inside C code (a huge integer power) cannot
-hang training. This works from any thread, unlike math-verify's ``signal.alarm`` timeout.
+Everything else goes to math-verify in killable processes (:mod:`gmpo.grading.pool`): a comparison that
+runs past ``timeout`` seconds (default 1 s, as the official GMPO code) is wrong, and the slow
+comparisons of a batch share one timeout, so 64 pathological answers (``\\boxed{9^{9^{9}}}``) cost about
+two timeouts of wall time, not 64, and never delay the normal answers of the batch. Answers that write
+an astronomically large integer (:func:`too_large`: power towers, huge factorials, the usual way to hang
+sympy) are graded wrong in-process without math-verify. Works from any thread.
+
+Layout: :mod:`gmpo.grading.extract` (strings -> final answer), this module (fast decisions, the public
+API), :mod:`gmpo.grading.pool` (math-verify processes).
 """
 from __future__ import annotations
 
 import atexit
-import json
-import logging
 import math
-import os
 import re
-import select
-import subprocess
-import sys
 import threading
-import time
 from dataclasses import dataclass
 
-log = logging.getLogger(__name__)
+from gmpo.grading.extract import (
+    extract_answer,
+    extract_boxed,
+    final_answer,
+    match_braces,
+    strip_question_echo,
+)
+from gmpo.grading.pool import MathVerifyPool
 
-_GRACE_S = 1.0  # extra wait for a worker past its own deadline before it is killed
-_STARTUP_S = 120.0  # a worker must import math-verify within this (generous: the CPU may be busy)
-
-# --------------------------------------------------------------------------------------------------
-# extraction
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox|framebox)(?![A-Za-z])")
-
-
-def _match_braces(text: str, start: int) -> int | None:
-    """Index one past the ``}`` closing the ``{`` at ``text[start]``; escaped ``\\{``/``\\}`` ignored."""
-    depth = 0
-    i = start
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2  # skip the escaped character (\{ \} \\)
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return None
-
-
-def extract_boxed(text: str | None) -> str | None:
-    """Content of the LAST ``\\boxed{...}`` (also ``\\fbox``, ``\\framebox``, and ``\\boxed 5``).
-
-    Nested braces are fine. Returns ``""`` for an empty box and ``None`` when there is no box or the
-    last box is never closed (a truncated completion).
-    """
-    if not text:
-        return None
-    matches = list(_BOX_RE.finditer(text))
-    if not matches:
-        return None
-    i = matches[-1].end()
-    if text.startswith("[", i):  # \framebox[width]{...}
-        j = text.find("]", i)
-        if j < 0:
-            return None
-        i = j + 1
-    while i < len(text) and text[i] in " \t":
-        i += 1
-    if i < len(text) and text[i] == "{":
-        end = _match_braces(text, i)
-        if end is None:
-            return None
-        return text[i + 1:end - 1].strip()
-    # "\boxed 5$" form: up to the closing $ or the end of the line
-    rest = re.split(r"[$\n]", text[i:], maxsplit=1)[0]
-    return rest.strip().rstrip(".")
-
-
-_FINAL_RE = re.compile(r"(?i)(?:final\s+)?answer\s*(?:is|:)\s*(?:\\?:\s*)?|####\s*")
-_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
-_NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-_DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
-
-
-# "18 dollars", "$1,200 per month", "12 km/h": one number then plain unit words (the first of >= 2
-# letters, so "2 x" stays whole; never pi/e/i or a connective, so "2 pi" and "3 or 4" stay whole and
-# "3 or 4" grades as a set of candidates); no second number
-_NUMBER_UNITS_RE = re.compile(r"\\?\$?\s*(-?\d+(?:,\d{3})*(?:\.\d+)?)\s*([A-Za-z]{2,}[A-Za-z\s/.\-]*)?")
-_NOT_UNITS = {"and", "or", "not", "nor", "plus", "minus", "times", "over", "pi", "e", "i"}
-
-
-def _clean_phrase(s: str) -> str:
-    """The answer at the start of ``s`` (the rest of a line after "the answer is")."""
-    s = s.strip().strip("*").strip()  # markdown bold: "**Answer:** 5"
-    for lo, hi in _DELIMS:
-        if s.startswith(lo):
-            end = s.find(hi, len(lo))
-            if end >= 0:
-                return s[len(lo):end].strip()
-            if lo != "$":  # a lone "$" is a currency sign: "$18 per day."
-                return s[len(lo):].strip()
-    s = re.split(r"\.(?:\s|$)", s, maxsplit=1)[0]  # end of sentence ("... is 3.5. So ..." -> 3.5)
-    s = s.strip().strip("*").rstrip(".,;:!").strip()
-    m = _NUMBER_UNITS_RE.fullmatch(s)
-    if m and m.group(2) and not (set(m.group(2).lower().replace("/", " ").split()) & _NOT_UNITS):
-        return m.group(1)
-    return s
-
-
-def _explicit_answer(text: str) -> str | None:
-    """The answer the completion states: last box, else last ``<answer>`` tag, else last "answer is"."""
-    boxed = extract_boxed(text)
-    if boxed is not None:
-        return boxed
-    tags = _ANSWER_TAG_RE.findall(text)  # R1 template: <answer> ... </answer>
-    if tags:
-        inner = tags[-1].strip()
-        phrase = list(_FINAL_RE.finditer(inner))
-        return _clean_phrase(inner[phrase[-1].end():] if phrase else inner)
-    finals = list(_FINAL_RE.finditer(text))
-    if finals:
-        line = text[finals[-1].end():].split("\n", 1)[0]
-        ans = _clean_phrase(line)
-        if ans:
-            return ans
-    return None
-
-
-def _last_number(text: str) -> str | None:
-    """The last number in ``text`` without thousands commas ("1,500" -> "1500"), or None."""
-    nums = _NUMBER_RE.findall(text)
-    return nums[-1].replace(",", "") if nums else None
-
-
-def extract_answer(text: str | None, *, last_number: bool = True) -> str | None:
-    """The final answer of a completion.
-
-    Order: the last ``\\boxed{}`` (an empty box gives ``""``, which grades wrong); else the content of
-    the last ``<answer>...</answer>`` (R1 template; an unclosed tag runs to the end); else the text after
-    the last "answer is" / "Answer:" / "Final Answer:" / "####" up to the end of that sentence or
-    ``$...$`` span; else (if ``last_number``) the last number in the text; else ``None``.
-    """
-    if not text:
-        return None
-    explicit = _explicit_answer(text)
-    if explicit is not None or not last_number:
-        return explicit
-    return _last_number(text)
-
+DEFAULT_TIMEOUT = 1.0  # seconds per math-verify comparison (the official GMPO code uses 1 s)
 
 # --------------------------------------------------------------------------------------------------
 # fast in-process decisions
@@ -186,7 +64,7 @@ def _unwrap(s: str) -> str:
     s = s.strip().strip("$").strip()
     for _ in range(4):
         m = _BOLD_RE.match(s)
-        if m and _match_braces(s, m.end() - 1) == len(s):
+        if m and match_braces(s, m.end() - 1) == len(s):
             s = s[m.end():-1].strip()
             continue
         if s.startswith("**") and s.endswith("**") and len(s) > 4:
@@ -201,6 +79,52 @@ def _unwrap(s: str) -> str:
 
 _E_NOTATION = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([-+]?\d+)")
 _TIMES_TEN = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))(?:\\times|\\cdot|\*|x)10\^\{?([-+]?\d+)\}?")
+
+
+MAX_DIGITS = 1e6  # an integer this long costs sympy seconds to build; no benchmark answer comes close
+_POWER_RE = re.compile(r"(?<![\d.])(\d+)\s*\^\s*(?=[{\d])")
+_FACTORIAL_RE = re.compile(r"(?<![\d.])(\d+)\s*!")
+
+
+def _tower_log10(s: str) -> float | None:
+    """log10 of an integer power tower in LaTeX ("9^{9^{9}}", "10^{100}", "7"; 0 gives -inf); None if
+    ``s`` is not one."""
+    s = s.strip()
+    if s.startswith("{") and match_braces(s, 0) == len(s):
+        return _tower_log10(s[1:-1])
+    if s.isdigit():
+        return len(s) if len(s) > 300 else (math.log10(int(s)) if int(s) else -math.inf)
+    m = re.fullmatch(r"(\d+)\s*\^\s*(\d|\{.*\})", s, re.S)
+    if not m or (m.group(2).startswith("{") and match_braces(m.group(2), 0) != len(m.group(2))):
+        return None
+    return _power_log10(m.group(1), _tower_log10(m.group(2)))
+
+
+def _power_log10(base: str, exp_log10: float | None) -> float | None:
+    """log10 of ``base ** 10**exp_log10`` (``base`` a digit string); inf when astronomically large."""
+    b = _tower_log10(base)
+    if exp_log10 is None or b is None:
+        return None
+    if b <= 0 or exp_log10 == -math.inf:  # 0^n, 1^n, n^0
+        return 0.0
+    return math.inf if exp_log10 > 300 else 10.0 ** exp_log10 * b
+
+
+def too_large(pred: str) -> bool:
+    """Whether ``pred`` writes an integer of more than :data:`MAX_DIGITS` digits as a power (``9^{9^{9}}``,
+    ``10^{10^{10}}``) or a factorial (``1000000!``): sympy would spend minutes building it. Such an
+    answer is graded wrong in-process, so a batch full of them costs nothing and starves no one."""
+    for m in _POWER_RE.finditer(pred):
+        rest = pred[m.end():]
+        exp_text = rest[:match_braces(rest, 0) or 0] if rest.startswith("{") else rest[0]
+        digits = _power_log10(m.group(1), _tower_log10(exp_text))
+        if digits is not None and digits > MAX_DIGITS:
+            return True
+    for m in _FACTORIAL_RE.finditer(pred):
+        n = m.group(1)
+        if len(n) > 7 or math.lgamma(int(n) + 1) / math.log(10) > MAX_DIGITS:
+            return True
+    return False
 
 
 def _as_number(s: str) -> float | None:
@@ -238,208 +162,54 @@ def _numbers_equal(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
 
+
 # --------------------------------------------------------------------------------------------------
-# the math-verify worker (a subprocess: killable, thread-agnostic)
+# the math-verify processes
 
-class _Deadline(BaseException):
-    """Raised inside the worker when a job runs past its deadline (BaseException: math-verify's
-    ``except Exception`` handlers must not swallow it)."""
-
-
-def _wrap(s: str) -> str:
-    s = s.strip().strip("$").strip()
-    return s if "\\boxed" in s else "\\boxed{" + s + "}"
-
-
-def _mv_equal(pred: str, gold: str) -> bool:
-    """math-verify equivalence of two answer strings (no timeout of its own: callers bound it)."""
-    from math_verify import parse, verify as mv_verify
-
-    g = parse(_wrap(gold), parsing_timeout=None)
-    p = parse(_wrap(pred), parsing_timeout=None)
-    if not g or not p:
-        return False
-    return bool(mv_verify(g, p, timeout_seconds=None))
-
-
-def _worker_main() -> None:
-    """Serve ``{"pred", "gold", "timeout"}`` JSON lines on stdin with ``{"ok": bool}`` lines."""
-    import signal
-
-    logging.disable(logging.WARNING)  # math-verify warns that its timeout is disabled: we own it
-
-    def on_alarm(signum, frame):
-        raise _Deadline()
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    import math_verify  # noqa: F401  (pay the sympy import before announcing readiness)
-
-    out = sys.stdout
-    out.write(json.dumps({"ready": True}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        job = json.loads(line)
-        status = "ok"
-        ok = False
-        try:
-            signal.setitimer(signal.ITIMER_REAL, float(job["timeout"]))
-            try:
-                ok = _mv_equal(job["pred"], job["gold"])
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        except _Deadline:
-            status = "timeout"
-        except Exception as e:  # noqa: BLE001  (a grader error is a wrong answer, reported)
-            status = f"error: {type(e).__name__}: {e}"
-        out.write(json.dumps({"ok": ok, "status": status}) + "\n")
-        out.flush()
-
-
-class _WorkerDied(RuntimeError):
-    pass
-
-
-class _Worker:
-    """One grading subprocess."""
-
-    def __init__(self) -> None:
-        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.setdefault("OMP_NUM_THREADS", "1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from gmpo.grading import _worker_main; _worker_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-            close_fds=True,
-        )
-        self._buf = b""
-        if self._read(_STARTUP_S) is None:  # imports sympy: about a second on an idle machine
-            self.close()
-            raise _WorkerDied(f"grading worker did not start within {_STARTUP_S:.0f}s")
-
-    def request(self, pred: str, gold: str, timeout: float, wait: float) -> dict | None:
-        """Send one job; the reply, or None if none came within ``wait`` seconds."""
-        msg = json.dumps({"pred": pred, "gold": gold, "timeout": timeout}) + "\n"
-        try:
-            self.proc.stdin.write(msg.encode())
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as e:
-            raise _WorkerDied(str(e)) from e
-        return self._read(wait)
-
-    def _read(self, wait: float) -> dict | None:
-        """The next reply line, or None if none came within ``wait`` seconds."""
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + wait
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise _WorkerDied(f"grading worker exited with code {self.proc.poll()}")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                f.close()
-            except OSError:
-                pass
-
-
-class _Pool:
-    """Idle workers, handed out one per concurrent call (thread-safe)."""
-
-    def __init__(self, max_idle: int = 4) -> None:
-        self._idle: list[_Worker] = []
-        self._lock = threading.Lock()
-        self.max_idle = max_idle
-        self.n_timeouts = 0
-        self.n_errors = 0
-
-    def call(self, pred: str, gold: str, timeout: float) -> bool:
-        with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        try:
-            if worker is None:
-                worker = _Worker()
-            reply = worker.request(pred, gold, timeout, timeout + _GRACE_S)
-        except _WorkerDied as e:
-            if worker is not None:
-                worker.close()
-            self.n_errors += 1
-            log.warning("grading worker died (%s); counted as wrong: pred=%r gold=%r", e, pred[:200], gold[:200])
-            return False
-        if reply is None:  # blocked past its own deadline: kill it, a fresh one serves the next call
-            worker.close()
-            self.n_timeouts += 1
-            log.warning("grading timed out after %.1fs; counted as wrong: pred=%r gold=%r", timeout,
-                        pred[:200], gold[:200])
-            return False
-        with self._lock:
-            if len(self._idle) < self.max_idle:
-                self._idle.append(worker)
-                worker = None
-        if worker is not None:
-            worker.close()
-        if reply["status"] == "timeout":
-            self.n_timeouts += 1
-            log.warning("grading timed out after %.1fs; counted as wrong: pred=%r gold=%r", timeout,
-                        pred[:200], gold[:200])
-        elif reply["status"] != "ok":
-            self.n_errors += 1
-            log.debug("grading error %s: pred=%r gold=%r", reply["status"], pred[:200], gold[:200])
-        return bool(reply["ok"])
-
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for w in idle:
-            w.close()
-
-
-_POOL = _Pool()
+_POOL = MathVerifyPool()
 atexit.register(_POOL.close)
+_LOCK = threading.Lock()
+_TOO_LARGE = [0]
 
 
 def grader_stats() -> dict[str, int]:
-    """Counts since start-up: math-verify calls that timed out or errored (each graded as wrong)."""
-    return {"timeouts": _POOL.n_timeouts, "errors": _POOL.n_errors}
+    """Counts since start-up: math-verify comparisons that timed out or errored, and answers too large
+    to compare (:func:`too_large`); each graded as wrong."""
+    return {"timeouts": _POOL.n_timeouts, "errors": _POOL.n_errors, "too_large": _TOO_LARGE[0]}
 
 
 def shutdown() -> None:
-    """Stop the grading subprocesses (they restart on the next call; also done at exit)."""
+    """Stop the grading processes (they restart on the next call; also done at exit)."""
     _POOL.close()
 
 
 # --------------------------------------------------------------------------------------------------
 # public grading API
 
-def verify(pred: str | None, gold: str | float | int | list, timeout: float = 5.0) -> bool:
-    """Whether ``pred`` is mathematically equivalent to ``gold``.
-
-    ``gold`` may be a string, a number (compared numerically, so 27.0 accepts "27"), or a list of
-    acceptable answers (any one matching suffices). ``None`` or an empty prediction is wrong. A
-    comparison that takes longer than ``timeout`` seconds counts as wrong and never hangs the caller.
-    """
-    if timeout is None or timeout <= 0:
+def check_timeout(timeout) -> float:
+    """``timeout`` as a positive float of seconds; a clear ValueError otherwise."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 \
+            or not math.isfinite(timeout):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def _decide(pred: str | None, gold) -> bool | list[tuple[str, str]]:
+    """The verdict decided in-process, or the math-verify comparisons still needed (any True: correct)."""
     if pred is None or not str(pred).strip():
         return False
     pred = _unwrap(str(pred))
     if not pred:
         return False
-    if isinstance(gold, (list, tuple)):
-        return any(verify(pred, g, timeout) for g in gold)
+    if isinstance(gold, (list, tuple)):  # any of the acceptable answers
+        jobs: list[tuple[str, str]] = []
+        for g in gold:
+            d = _decide(pred, g)
+            if d is True:
+                return True
+            if d is not False:
+                jobs += d
+        return jobs or False
     if isinstance(gold, bool) or gold is None:
         raise TypeError(f"gold answer must be a string, a number or a list of them, got {gold!r}")
     if isinstance(gold, (int, float)):
@@ -457,7 +227,36 @@ def verify(pred: str | None, gold: str | float | int | list, timeout: float = 5.
     p, g = _as_number(pred), _as_number(gold)
     if p is not None and g is not None:
         return _numbers_equal(p, g)
-    return _POOL.call(_latex_fixups(pred), _latex_fixups(gold), float(timeout))
+    if too_large(pred):
+        with _LOCK:
+            _TOO_LARGE[0] += 1
+        return False
+    return [(_latex_fixups(pred), _latex_fixups(gold))]
+
+
+def verify_batch(preds: list, golds: list, timeout: float = DEFAULT_TIMEOUT) -> list[bool]:
+    """:func:`verify` for each ``(preds[i], golds[i])``, the math-verify part as one batch.
+
+    Identical comparisons run once; slow ones share one ``timeout`` (see :mod:`gmpo.grading.pool`), so
+    the wall time is about that of the normal comparisons plus one or two timeouts.
+    """
+    timeout = check_timeout(timeout)
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} predictions for {len(golds)} gold answers")
+    decided = [_decide(p, g) for p, g in zip(preds, golds)]
+    unique = list(dict.fromkeys(j for d in decided if isinstance(d, list) for j in d))
+    verdict = dict(zip(unique, _POOL.run(unique, timeout)))
+    return [d if isinstance(d, bool) else any(verdict[j] for j in d) for d in decided]
+
+
+def verify(pred: str | None, gold: str | float | int | list, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """Whether ``pred`` is mathematically equivalent to ``gold``.
+
+    ``gold`` may be a string, a number (compared numerically, so 27.0 accepts "27"), or a list of
+    acceptable answers (any one matching suffices). ``None`` or an empty prediction is wrong. A
+    comparison that takes longer than ``timeout`` seconds counts as wrong and never hangs the caller.
+    """
+    return verify_batch([pred], [gold], timeout)[0]
 
 
 @dataclass(frozen=True)
@@ -468,53 +267,22 @@ class GradeResult:
     pred: str | None
 
 
-_ECHO_MIN_CHARS = 20  # shorter spans ("20 chickens") may legitimately repeat the question
+def grade_batch(completions: list[str], golds: list, timeout: float = DEFAULT_TIMEOUT, *,
+                questions: list[str | None] | None = None, truncated: list[bool] | None = None,
+                last_number: bool = True) -> list[GradeResult]:
+    """:func:`grade` for each completion, math-verify run as one batch (:func:`verify_batch`)."""
+    n = len(completions)
+    questions = [None] * n if questions is None else list(questions)
+    truncated = [False] * n if truncated is None else list(truncated)
+    if not len(golds) == len(questions) == len(truncated) == n:
+        raise ValueError(f"{n} completions, {len(golds)} golds, {len(questions)} questions, "
+                         f"{len(truncated)} truncated flags: give one of each per completion")
+    preds = [final_answer(c, q, last_number=last_number and not t)
+             for c, q, t in zip(completions, questions, truncated)]
+    return [GradeResult(ok, p) for ok, p in zip(verify_batch(preds, golds, timeout), preds)]
 
 
-def _ws(s: str) -> str:
-    """Runs of spaces/tabs -> one space, line breaks kept (the "answer is" rule reads to the line end)."""
-    return re.sub(r" ?\n ?", "\n", re.sub(r"[^\S\n]+", " ", s)).strip()
-
-
-def strip_question_echo(completion: str, question: str) -> str:
-    """``completion`` without the spans (>= 20 characters, whitespace-insensitive) copied from ``question``.
-
-    Used only before the last-number fallback (:func:`final_answer`), never on an explicit answer:
-    numbers copied from the question then cannot become the "last number" answer. Each removal is the
-    longest remaining common span (difflib), so repeated or partial echoes all go.
-    """
-    from difflib import SequenceMatcher
-
-    q, text = _ws(question), _ws(completion)
-    if len(q) < _ECHO_MIN_CHARS:
-        return completion
-    removed = False
-    for _ in range(64):  # bounded: each pass removes >= 20 characters
-        m = SequenceMatcher(None, text, q, autojunk=False).find_longest_match(0, len(text), 0, len(q))
-        if m.size < _ECHO_MIN_CHARS:
-            break
-        text = text[:m.a] + "\n" + text[m.a + m.size:]
-        removed = True
-    return text if removed else completion
-
-
-def final_answer(completion: str | None, question: str | None = None, *, last_number: bool = True) -> str | None:
-    """The final answer of ``completion`` as :func:`grade` reads it.
-
-    An explicit answer (box, ``<answer>`` tag, "the answer is") is taken from the raw completion, so a
-    right answer that repeats a piece of the question (a matrix, a tuple) stays whole. Only when there
-    is none, and ``last_number`` is on, the last number is taken, from the completion without the spans
-    it copied from ``question`` (:func:`strip_question_echo`): restating the problem is not an answer.
-    """
-    if not completion:
-        return None
-    explicit = _explicit_answer(completion)
-    if explicit is not None or not last_number:
-        return explicit
-    return _last_number(strip_question_echo(completion, question) if question else completion)
-
-
-def grade(completion: str, gold, timeout: float = 5.0, *, question: str | None = None,
+def grade(completion: str, gold, timeout: float = DEFAULT_TIMEOUT, *, question: str | None = None,
           truncated: bool = False, last_number: bool = True) -> GradeResult:
     """Extract the final answer of ``completion`` (:func:`final_answer`) and :func:`verify` it.
 
@@ -524,10 +292,10 @@ def grade(completion: str, gold, timeout: float = 5.0, *, question: str | None =
     answer tag, answer phrase): the last number of an unfinished computation is not an answer.
     ``last_number=False`` does so for every completion (strict: an explicit final answer is required).
     """
-    pred = final_answer(completion, question, last_number=last_number and not truncated)
-    return GradeResult(correct=verify(pred, gold, timeout), pred=pred)
+    return grade_batch([completion], [gold], timeout, questions=[question], truncated=[truncated],
+                       last_number=last_number)[0]
 
 
-__all__ = ["GradeResult", "extract_answer", "extract_boxed", "final_answer", "grade", "grader_stats", "shutdown",
-           "strip_question_echo",
-           "verify"]
+__all__ = ["DEFAULT_TIMEOUT", "MAX_DIGITS", "GradeResult", "check_timeout", "extract_answer", "extract_boxed",
+           "final_answer", "grade", "grade_batch", "grader_stats", "shutdown", "strip_question_echo", "too_large",
+           "verify", "verify_batch"]

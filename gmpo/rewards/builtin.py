@@ -127,39 +127,44 @@ def _close(p: float, golds: list[float]) -> bool:
 
 
 @_options("timeout")
-def math_answer(prompts, completions, answer=None, timeout: float = 5.0, **columns) -> list[float]:
+def math_answer(prompts, completions, answer=None, timeout: float = grading.DEFAULT_TIMEOUT, **columns) -> list[float]:
     """1.0 when the completion's final answer is mathematically equivalent to the gold (math-verify).
 
-    Gold may be LaTeX text, a number, or a list of acceptable answers. ``timeout`` bounds each
-    math-verify comparison: an expression that takes longer scores 0 and never hangs training.
+    Gold may be LaTeX text, a number, or a list of acceptable answers. ``timeout`` (seconds, default 1)
+    bounds each math-verify comparison: an expression that takes longer scores 0, and the slow
+    comparisons of a batch share one timeout (:func:`gmpo.grading.grade_batch`), so they never stall a step.
     """
     golds = _golds(answer, len(completions), "math_answer")
-    out = []
-    for p, c, g in zip(prompts, completions, golds):
-        question = _text(p) if p is not None else None
-        out.append(float(grading.grade(_text(c), g, timeout, question=question).correct))
-    return out
+    questions = [_text(p) if p is not None else None for p in prompts]
+    results = grading.grade_batch([_text(c) for c in completions], golds, timeout, questions=questions)
+    return [float(r.correct) for r in results]
 
 
 @_options("timeout")
-def gsm8k_answer(prompts, completions, answer=None, timeout: float = 5.0, **columns) -> list[float]:
+def gsm8k_answer(prompts, completions, answer=None, timeout: float = grading.DEFAULT_TIMEOUT,
+                 **columns) -> list[float]:
     """GSM8K: 1.0 when the final answer equals the gold number after ``#### `` in the ``answer`` column.
 
     The prediction is the completion's final answer (boxed / "answer is" / "####" / last number); a
     plain number (:func:`plain_number`: commas, ``$``, unit words and ``%`` ignored) is compared
     numerically (tolerance 1e-6); any other form ("\\frac{144}{2}", "\\sqrt{72}") goes to math-verify
     against the gold number, so an expression is graded by its value, never by the numeral inside it.
+    ``timeout`` bounds each math-verify comparison as in :func:`math_answer`.
     """
+    grading.check_timeout(timeout)
     golds = _golds(answer, len(completions), "gsm8k_answer")
-    out = []
-    for p, c, g in zip(prompts, completions, golds):
+    out: list[float] = []
+    symbolic: dict[int, tuple[str, list[float]]] = {}  # index -> (prediction, gold numbers) for math-verify
+    for i, (p, c, g) in enumerate(zip(prompts, completions, golds)):
         gold = _gold_numbers(g, "gsm8k_answer")
         _, pred = _final_answer(p, c)
         value = plain_number(pred)
-        if value is not None:
-            out.append(float(_close(value, gold)))
-        else:
-            out.append(float(bool(pred) and grading.verify(pred, gold, timeout)))
+        out.append(float(value is not None and _close(value, gold)))
+        if value is None and pred:
+            symbolic[i] = (pred, gold)
+    verdicts = grading.verify_batch([p for p, _ in symbolic.values()], [g for _, g in symbolic.values()], timeout)
+    for i, ok in zip(symbolic, verdicts):
+        out[i] = float(ok)
     return out
 
 
