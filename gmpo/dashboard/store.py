@@ -1,0 +1,282 @@
+"""The dashboard's in-memory view of a run directory, filled incrementally by tailing its jsonl files.
+
+:class:`RunStore` tails ``metrics.jsonl``, ``alerts.jsonl`` and ``samples.jsonl`` with
+:class:`gmpo.runs.files.JsonlTail` (the one reader of run files): each :meth:`RunStore.refresh` reads only the
+bytes appended since the last one; a torn last line waits for its newline; a file that is truncated or
+replaced (a run restarted from a checkpoint) is read again from the start.
+
+Metrics are kept column-wise in numpy arrays (one float64 column per metric name, NaN where a step lacks it;
+``ratio/log_hist`` as a (rows, 42) block), so a 30,000-step run costs ~12 MB and a chart's series is a slice.
+Memory is bounded: past ``max_rows`` rows the table keeps every other row (older detail thins 2:1, the
+newest rows stay exact), samples keep the newest ``max_samples``, alerts the newest ``max_alerts``.
+
+Step semantics follow the writer: a record whose step equals the last row's updates that row (the trainer
+logs a final eval as its own record); a step below the last row means the run went back (a guard rollback
+re-logs from the snapshot): the rows from that step on are dropped, as :func:`gmpo.runs.files.read_metrics`
+keeps the last record per step.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from gmpo.dashboard.series import HIST_KEY, HIST_LEN, clip_range
+from gmpo.runs.files import ALERTS, CONFIG, METRICS, SAMPLES, JsonlTail
+
+_NAME = re.compile(r"^(?P<algo>.+)-s(?P<seed>\d+)$")  # the '<algo>-s<seed>' directory names of `gmpo compare`
+SAMPLE_TEXT_MAX = 4000  # characters kept of a sample's prompt / completion
+
+
+class Columns:
+    """A growable column table: ``steps`` (int64) and one float64 column per name, plus a histogram block."""
+
+    def __init__(self, capacity: int = 1024):
+        self.n, self.cap = 0, capacity
+        self.steps = np.empty(capacity, dtype=np.int64)
+        self.cols: dict[str, np.ndarray] = {}
+        self.hist: np.ndarray | None = None  # (cap, 42) float32, NaN rows where a step has no histogram
+
+    def _grow(self, need: int) -> None:
+        cap = self.cap
+        while cap < need:
+            cap *= 2
+        if cap == self.cap:
+            return
+
+        def grown(a: np.ndarray, fill) -> np.ndarray:
+            b = np.full((cap,) + a.shape[1:], fill, dtype=a.dtype)
+            b[: self.n] = a[: self.n]
+            return b
+
+        self.steps = grown(self.steps, 0)
+        self.cols = {k: grown(v, np.nan) for k, v in self.cols.items()}
+        if self.hist is not None:
+            self.hist = grown(self.hist, np.nan)
+        self.cap = cap
+
+    def _column(self, name: str) -> np.ndarray:
+        col = self.cols.get(name)
+        if col is None:
+            col = self.cols[name] = np.full(self.cap, np.nan)
+        return col
+
+    def add(self, rec: dict) -> None:
+        """Add one metrics record (see the module docstring for repeated and earlier steps)."""
+        step = int(rec["step"])
+        if self.n and step <= self.steps[self.n - 1]:
+            if step < self.steps[self.n - 1]:  # went back: drop rows >= step, then append
+                self.truncate(int(np.searchsorted(self.steps[: self.n], step, side="left")))
+                row = self._new_row(step)
+            else:
+                row = self.n - 1
+        else:
+            row = self._new_row(step)
+        for k, v in rec.items():
+            if k == "step":
+                continue
+            if isinstance(v, (int, float)):  # bool is an int: stored as 0/1
+                self._column(k)[row] = v
+            elif k == HIST_KEY and isinstance(v, list) and len(v) == HIST_LEN:
+                if self.hist is None:
+                    self.hist = np.full((self.cap, HIST_LEN), np.nan, dtype=np.float32)
+                try:
+                    self.hist[row] = np.asarray(v, dtype=np.float32)
+                except (TypeError, ValueError):
+                    pass  # a malformed histogram is left out, not fatal
+
+    def _new_row(self, step: int) -> int:
+        self._grow(self.n + 1)
+        row = self.n
+        self.steps[row] = step
+        for col in self.cols.values():
+            col[row] = np.nan
+        if self.hist is not None:
+            self.hist[row] = np.nan
+        self.n += 1
+        return row
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first `n` rows."""
+        self.n = max(0, min(n, self.n))
+
+    def thin(self) -> None:
+        """Keep every other row of the older half (the newest half stays exact): bounds memory on very long runs."""
+        half = self.n // 2
+        keep = np.r_[np.arange(0, half, 2), np.arange(half, self.n)]
+        m = len(keep)
+        self.steps[:m] = self.steps[keep]
+        for col in self.cols.values():
+            col[:m] = col[keep]
+        if self.hist is not None:
+            self.hist[:m] = self.hist[keep]
+        self.n = m
+
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (capacity included)."""
+        return self.steps.nbytes + sum(c.nbytes for c in self.cols.values()) + (self.hist.nbytes if self.hist is not None else 0)
+
+
+class RunStore:
+    """One run directory, read incrementally. Thread-safe: :attr:`lock` guards every read and refresh."""
+
+    def __init__(self, run_dir: str | Path, run_id: int, *, max_rows: int = 200_000, max_samples: int = 20_000,
+                 max_alerts: int = 10_000, chunk_bytes: int = 16 << 20):
+        self.path = Path(run_dir)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"{self.path}: not a directory (expected a gmpo run directory)")
+        self.id, self.name = run_id, self.path.name or str(self.path)
+        self.max_rows, self.max_samples = max_rows, max_samples
+        self.lock = threading.RLock()
+        self._tails = {f: JsonlTail(self.path / f, max_bytes=chunk_bytes) for f in (METRICS, ALERTS, SAMPLES)}
+        self.table = Columns()
+        self.alerts: deque[dict] = deque(maxlen=max_alerts)
+        self.samples: deque[dict] = deque(maxlen=max_samples)
+        self.n_samples_seen = 0
+        self.version = 0  # bumps whenever anything changed
+        self.restarts = 0  # times a file was truncated or replaced under us
+        self.config = self._read_config()
+
+    # -- config ---------------------------------------------------------------------------------
+    def _read_config(self) -> dict:
+        f = self.path / CONFIG
+        try:
+            cfg = yaml.safe_load(f.read_text(encoding="utf-8")) if f.is_file() else {}
+        except (OSError, yaml.YAMLError):
+            cfg = {}
+        return cfg if isinstance(cfg, dict) else {}
+
+    def info(self) -> dict:
+        """Static facts of the run: id, name, path, algorithm, seed, clip range, eval size."""
+        algo_cfg = self.config.get("algorithm") or {}
+        algo = algo_cfg.get("loss")
+        seed = (self.config.get("train") or {}).get("seed")
+        m = _NAME.match(self.path.name)
+        if algo is None:
+            algo = m.group("algo") if m else None
+        if seed is None and m:
+            seed = int(m.group("seed"))
+        return {"id": self.id, "name": self.name, "path": str(self.path), "algo": algo, "seed": seed,
+                "clip": clip_range(algo, algo_cfg.get("eps_low"), algo_cfg.get("eps_high")),
+                "eval_n": self.eval_n()}
+
+    def eval_n(self) -> int | None:
+        """Problems per held-out evaluation (data.eval_size; for the built-in task with 0 = all, its n_eval)."""
+        data = self.config.get("data") or {}
+        n = data.get("eval_size")
+        if isinstance(n, int) and n > 0:
+            return n
+        if n == 0 and data.get("dataset") == "arithmetic":
+            return int((data.get("arithmetic") or {}).get("n_eval", 0)) or None
+        return None
+
+    # -- tailing --------------------------------------------------------------------------------
+    def _read(self, fname: str) -> tuple[list[dict], bool]:
+        """Every complete record appended to `fname` since the last call, and whether the file restarted
+        (then the records are the new file's, from its start)."""
+        tail = self._tails[fname]
+        recs: list[dict] = []
+        reset = False
+        while True:
+            offset, resets = tail.offset, tail.resets
+            got = tail.read()
+            if tail.resets != resets:  # truncated or replaced: what we had is void
+                reset, recs, offset = True, [], 0
+            recs.extend(got)
+            if tail.offset - offset < tail.max_bytes:  # a short chunk: caught up with the writer
+                return recs, reset
+
+    def refresh(self) -> bool:
+        """Read what was appended since the last call; True when anything changed."""
+        with self.lock:
+            changed = False
+            recs, reset = self._read(METRICS)
+            if reset:
+                self.table, self.restarts, changed = Columns(), self.restarts + 1, True
+            for r in recs:
+                if isinstance(r.get("step"), (int, float)):
+                    self.table.add(r)
+                    if self.table.n > self.max_rows:
+                        self.table.thin()
+            changed |= bool(recs)
+            for fname, store in ((ALERTS, self.alerts), (SAMPLES, self.samples)):
+                got, reset = self._read(fname)
+                if reset:
+                    store.clear()
+                    changed = True
+                if fname == SAMPLES:
+                    got = [_trim_sample(s) for s in got]
+                    self.n_samples_seen += len(got)
+                store.extend(got)
+                changed |= bool(got)
+            if changed:
+                self.version += 1
+            return changed
+
+    # -- views ----------------------------------------------------------------------------------
+    def series(self, metric: str, x0: float | None = None, x1: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of `metric` within [x0, x1], finite rows only (copies; call under :attr:`lock`)."""
+        t = self.table
+        col = t.cols.get(metric)
+        if col is None or t.n == 0:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        steps, vals = t.steps[: t.n], col[: t.n]
+        a = 0 if x0 is None else int(np.searchsorted(steps, x0, side="left"))
+        b = t.n if x1 is None else int(np.searchsorted(steps, x1, side="right"))
+        steps, vals = steps[a:b], vals[a:b]
+        ok = np.isfinite(vals)
+        return steps[ok].copy(), vals[ok].copy()
+
+    def hist_rows(self, x0: float | None = None, x1: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, counts (m, 42)) of the rows that carry ``ratio/log_hist`` within [x0, x1]."""
+        t = self.table
+        if t.hist is None or t.n == 0:
+            return np.empty(0, dtype=np.int64), np.empty((0, HIST_LEN))
+        steps, h = t.steps[: t.n], t.hist[: t.n]
+        ok = np.isfinite(h[:, 0])
+        if x0 is not None:
+            ok &= steps >= x0
+        if x1 is not None:
+            ok &= steps <= x1
+        return steps[ok].copy(), h[ok].astype(np.float64)
+
+    def has_hist(self) -> bool:
+        """True when at least one step logged ``ratio/log_hist``."""
+        t = self.table
+        return t.hist is not None and bool(np.isfinite(t.hist[: t.n, 0]).any())
+
+    def last_step(self) -> int | None:
+        """The newest step in the table (None before the first record)."""
+        return int(self.table.steps[self.table.n - 1]) if self.table.n else None
+
+    def status(self) -> dict:
+        """What the live stream tells the page about this run."""
+        return {"id": self.id, "rows": self.table.n, "last_step": self.last_step(), "alerts": len(self.alerts),
+                "samples": self.n_samples_seen, "restarts": self.restarts, "version": self.version}
+
+    def records(self, keys: tuple[str, ...]) -> list[dict]:
+        """Rows as dicts holding only `keys` (finite values) plus "step": the shape gmpo.report.table reads."""
+        t = self.table
+        cols = {k: t.cols[k][: t.n].tolist() for k in keys if k in t.cols}
+        out = []
+        for i, s in enumerate(t.steps[: t.n].tolist()):
+            rec = {"step": s}
+            for k, c in cols.items():
+                if c[i] == c[i]:  # not NaN
+                    rec[k] = c[i]
+            out.append(rec)
+        return out
+
+
+def _trim_sample(s: dict) -> dict:
+    """A sample record with its long text fields cut to SAMPLE_TEXT_MAX characters (memory bound)."""
+    out = dict(s)
+    for k in ("prompt", "completion", "answer"):
+        v = out.get(k)
+        if isinstance(v, str) and len(v) > SAMPLE_TEXT_MAX:
+            out[k] = v[:SAMPLE_TEXT_MAX] + f"… [{len(v) - SAMPLE_TEXT_MAX} more characters]"
+    return out
