@@ -214,3 +214,17 @@ def test_training_heldout_and_eval_encode_prompts_identically(template, shared_d
     if template not in ("chat", "qwen_math"):  # raw text: the BOS a Llama-style model expects, on every path
         assert all(ids[0] == tok.bos_token_id for ids in train_ids)
     assert all(ids[:2] != [tok.bos_token_id, tok.bos_token_id] for ids in train_ids)  # never a doubled BOS
+
+
+def test_help_and_config_stay_light():
+    """`gmpo --help`, every verb's parser and config validation import no torch, web stack or optimizer library."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom gmpo.cli import build_parser\nbuild_parser().format_help()\n"
+            "from gmpo.config import make_config\nmake_config(train={'steps': 3})\n"
+            "heavy = [m for m in ('torch', 'transformers', 'fastapi', 'uvicorn', 'optuna', 'scipy', 'playwright')"
+            " if m in sys.modules]\nprint(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"imported at --help time: {out.stdout.strip()}"

@@ -106,6 +106,23 @@ def generate(engine, encoder, questions: list[str], params) -> tuple[list[str], 
     return texts, engine.generate(ids, params)
 
 
+def _records(name: str, batch: list, texts: list[str], rollout, settings: EvalSettings, timeout: float,
+             last_number: bool) -> list[dict]:
+    """Grade a generated batch: one per-problem record (completions, extracted answers, verdicts) each."""
+    samples = settings.samples
+    lengths, truncated = rollout.lengths.tolist(), rollout.truncated.tolist()
+    out = []
+    for i, (p, text) in enumerate(zip(batch, texts)):
+        rows = range(i * samples, (i + 1) * samples)
+        results = [grade(rollout.texts[r], p.gold, timeout, question=p.question, truncated=truncated[r],
+                         last_number=last_number) for r in rows]
+        out.append({"benchmark": name, "index": p.index, "settings": asdict(settings), "prompt": text,
+                    "gold": p.gold, "completions": [rollout.texts[r] for r in rows],
+                    "preds": [g.pred for g in results], "correct": [g.correct for g in results],
+                    "n_tokens": [lengths[r] for r in rows], "truncated": [truncated[r] for r in rows]})
+    return out
+
+
 def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | Path = "", limit: int = 0,
              max_new_tokens: int = 512, template: str = "chat", system_prompt: str = "", samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
@@ -156,19 +173,10 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
                 t0 = time.perf_counter()
                 texts, rollout = generate(engine, encoder, [p.question for p in batch], params)
                 gen_s += time.perf_counter() - t0
-                lengths = rollout.lengths.tolist()
-                truncated = rollout.truncated.tolist()
-                gen_tokens += sum(lengths)
+                gen_tokens += int(rollout.lengths.sum())
                 t0 = time.perf_counter()
-                for i, (p, text) in enumerate(zip(batch, texts)):
-                    rows = range(i * samples, (i + 1) * samples)
-                    results = [grade(rollout.texts[r], p.gold, timeout, question=p.question, truncated=truncated[r],
-                                     last_number=last_number) for r in rows]
-                    rec = {"benchmark": name, "index": p.index, "settings": asdict(settings), "prompt": text,
-                           "gold": p.gold, "completions": [rollout.texts[r] for r in rows],
-                           "preds": [g.pred for g in results], "correct": [g.correct for g in results],
-                           "n_tokens": [lengths[r] for r in rows], "truncated": [truncated[r] for r in rows]}
-                    done[(name, p.index)] = rec
+                for rec in _records(name, batch, texts, rollout, settings, timeout, last_number):
+                    done[(name, rec["index"])] = rec
                     if out:
                         out.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 if out:
