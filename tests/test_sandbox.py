@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from gmpo.sandbox import Limits, Program, SandboxPool, SandboxUnavailable, detect
+from gmpo.sandbox import Limits, Program, SandboxPool, SandboxUnavailable, detect, slot_uid
+from gmpo.sandbox.isolation import MAX_SLOTS
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "gmpo-attack-" + secrets.token_hex(6)  # in every attack's argv and every file it tries to leave
@@ -190,13 +191,19 @@ def outcome(mode, host):
 
 
 def _leftover_processes() -> list[str]:
+    """Live processes carrying the attack token in their argv or running under one of this process's slot uids
+    (zombies are dead: killed processes the host's init has not reaped yet)."""
+    uids = {str(slot_uid(s)) for s in range(MAX_SLOTS)}
     found = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit() and int(d.name) != os.getpid():
             try:
-                if TOKEN.encode() in (d / "cmdline").read_bytes():
+                status = (d / "status").read_text().splitlines()
+                uid = next(ln.split()[1] for ln in status if ln.startswith("Uid:"))
+                dead = any(ln.startswith("State:") and ln.split()[1] in ("Z", "X") for ln in status)
+                if not dead and (TOKEN.encode() in (d / "cmdline").read_bytes() or uid in uids):
                     found.append(d.name)
-            except OSError:
+            except (OSError, StopIteration):
                 pass
     return found
 
@@ -219,9 +226,12 @@ def _escapes(results: dict, host: dict) -> dict[str, str]:
     gone = [str(c) for c in [*host["canaries"], host["repo_canary"]] if not c.exists()]
     if gone:
         esc["delete_caller_files"] = f"host files deleted: {gone}"
-    left = _leftover_processes()
+    deadline = time.monotonic() + 5.0  # a killed pid namespace takes a moment to reap (~0.1 s); escapees sleep 30 s
+    while (left := _leftover_processes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if left:
-        esc["detached_child"] = f"processes outlived the run: {left}"
+        esc["detached_child"] = f"processes outlived the run: {left}: " + "; ".join(
+            (Path("/proc") / p / "stat").read_text()[:120] for p in left if (Path("/proc") / p).exists())
     if "imported" in results["import_repo"].stdout.replace("blocked", ""):
         esc["import_repo"] = results["import_repo"].stdout.strip()
     return esc

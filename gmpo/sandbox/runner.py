@@ -182,7 +182,7 @@ def run_in(iso: Isolation, program: Program | str, slot: int = 0, limits: Limits
     t0 = time.monotonic()
     uid = slot_uid(slot) if iso.drop_uid else None
     workdir = Path(tempfile.mkdtemp(prefix=f"run{slot}-", dir=workdir_base or base_dir()))
-    proc = None
+    proc, why = None, ""
     try:
         _write_dir(workdir, program, uid)
         masked = iso.mode == "bubblewrap" or (iso.drop_uid and bool(iso.masks))
@@ -208,7 +208,9 @@ def run_in(iso: Isolation, program: Program | str, slot: int = 0, limits: Limits
             proc.wait()
             proc.stdout.close()
             proc.stderr.close()
-        if uid is not None:
+        # bubblewrap: the pid namespace dies with the program (the kernel kills and reaps every process in
+        # it before its init exits), so the uid sweep is only needed when the runner killed the sandbox
+        if uid is not None and (iso.mode != "bubblewrap" or proc is None or why):
             kill_uid(uid)
         files = _collect(workdir, program.collect, limits.output_bytes) if proc is not None else {}
         shutil.rmtree(workdir, ignore_errors=True)
