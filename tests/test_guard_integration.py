@@ -1,4 +1,4 @@
-"""Guard on the real Trainer with the tiny model: injected NaN, gradient spike and ratio explosion trigger
+"""Guard on the real GMPOTrainer with the tiny model: injected NaN, gradient spike and ratio explosion trigger
 their configured actions; rollbacks (in memory and from disk) restore exact weights and optimizer state and
 training goes on; the webhook receives events; nothing written before the rollback point is lost."""
 import copy
@@ -11,9 +11,9 @@ import torch
 
 from gmpo.config import load_config
 from gmpo.guard import Guard, read_alerts
-from gmpo.hooks import Hook
 from gmpo.rewards.runner import REWARDS, register_reward
 from gmpo.testing import tiny_model
+from gmpo.train.hooks import Hook
 
 
 def _char_reward(prompts, completions, **columns):
@@ -26,7 +26,7 @@ if "test_chars" not in REWARDS:
 
 
 def make_trainer(run_dir, tok, *overrides, hooks=()):
-    from gmpo.trainer import Trainer
+    from gmpo.train import GMPOTrainer
 
     cfg = load_config(None, [
         f"train.output_dir={run_dir}", "rollout.prompts_per_step=2", "rollout.group_size=4", "rollout.max_new_tokens=6",
@@ -36,7 +36,7 @@ def make_trainer(run_dir, tok, *overrides, hooks=()):
         "rewards=[{name: test_chars}]", "guard.no_signal_action=off", "guard.length_action=off",
         "guard.entropy_action=off", "guard.reward_action=off", "guard.min_history=3", "guard.grad_spike_z=50",
         *overrides])
-    return Trainer(cfg, model=tiny_model(tok, seed=0), tokenizer=tok, hooks=list(hooks))
+    return GMPOTrainer(tiny_model(tok, seed=0), tok, cfg, hooks=list(hooks))
 
 
 class Record(Hook):
@@ -47,11 +47,11 @@ class Record(Hook):
         self.states, self.files = {}, {}
 
     def on_step_end(self, trainer, step, metrics):
-        if trainer.step in self.states:
+        if trainer.global_step in self.states:
             return
-        self.states[trainer.step] = ([p.detach().clone() for p in trainer.params],
-                                     copy.deepcopy(trainer.optimizer.state_dict()))
-        self.files[trainer.step] = {n: (trainer.run_dir / n).read_bytes() if (trainer.run_dir / n).exists() else b""
+        self.states[trainer.global_step] = ([p.detach().clone() for p in trainer.params],
+                                            copy.deepcopy(trainer.optimizer.state_dict()))
+        self.files[trainer.global_step] = {n: (trainer.run_dir / n).read_bytes() if (trainer.run_dir / n).exists() else b""
                                     for n in ("metrics.jsonl", "alerts.jsonl")}
 
 
@@ -71,7 +71,7 @@ class Inject(Hook):
             self.handles.extend(p.register_hook(self._grad) for p in trainer.params)
 
     def _active(self):  # the training forward/backward of step `at` (rollout decoding runs without grad)
-        return not self.done and self.trainer.step + 1 == self.at and self.trainer.model.training
+        return not self.done and self.trainer.global_step + 1 == self.at and self.trainer.model.training
 
     def _forward(self, module, args, out):
         if self._active() and torch.is_grad_enabled():
@@ -101,13 +101,16 @@ def same_state(a, b):
 
 
 def spy_restore(trainer):
+    """Weights + optimizer state the trainer holds after each rollback: the trainer restores between steps, so
+    they are what the collect phase of the first retry (attempt = rollbacks so far) starts from."""
     seen = []
-    orig = trainer.restore
+    collect = trainer.collect
 
-    def restore(snap):
-        orig(snap)
-        seen.append(([p.detach().clone() for p in trainer.params], copy.deepcopy(trainer.optimizer.state_dict())))
-    trainer.restore = restore
+    def spy(step, attempt=0):
+        if attempt > len(seen):
+            seen.append(([p.detach().clone() for p in trainer.params], copy.deepcopy(trainer.optimizer.state_dict())))
+        return collect(step, attempt)
+    trainer.collect = spy
     return seen
 
 
@@ -161,7 +164,8 @@ def test_injected_grad_spike_rolls_back_exactly_and_goes_on(tmp_path, tok):
     assert [(e["step"], e["detector"], e["action"]) for e in read_alerts(tmp_path)] == [(5, "grad_spike", "rollback")]
     assert len(seen) == 1
     same_state(seen[0], rec.states[4])  # exactly the weights and optimizer state after step 4
-    assert summary["steps"] == 6 and tr.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
+    assert summary["steps"] == 6 and summary["rollbacks"] == 1
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
     # nothing written before the rollback point is lost; the abandoned attempt of step 5 is kept as well
     for name, before in rec.files[4].items():
         assert (tmp_path / name).read_bytes().startswith(before)
@@ -198,7 +202,7 @@ def test_rollback_from_disk_checkpoint(tmp_path, tok):
     summary = tr.train()
     assert [(e["step"], e["action"]) for e in read_alerts(tmp_path)] == [(5, "rollback")]
     same_state(seen[0], rec.states[4])  # restored from checkpoints/step_000004
-    assert summary["steps"] == 6 and tr.hooks.hooks[0].rollbacks == 1
+    assert summary["steps"] == 6 and tr.hooks.hooks[0].rollbacks == 1 and summary["rollbacks"] == 1
 
 
 def test_guard_state_survives_resume(tmp_path, tok):
@@ -207,4 +211,4 @@ def test_guard_state_survives_resume(tmp_path, tok):
     saved = tr.hooks.hooks[0].state_dict()
     assert len(saved["detectors"]["grad_spike"]["hist"]) >= 2
     tr2 = make_trainer(tmp_path, tok, "train.steps=4", "train.resume=auto")
-    assert tr2.step == 3 and tr2.hooks.hooks[0].state_dict() == saved
+    assert tr2.global_step == 3 and tr2.hooks.hooks[0].state_dict() == saved
