@@ -232,16 +232,20 @@ class GMPOTrainer:
         self.events, self.lr_scale, self.rollbacks = events, scale, rollbacks
         self.engine.sync_weights(self.model)
 
-    def close(self) -> dict:
-        """Final evaluation and checkpoint when due, close the sinks; returns the run summary."""
+    def close(self, finish: bool = True) -> dict:
+        """Final evaluation and checkpoint when due (``finish``), close the sinks; returns the run summary.
+
+        ``finish=False`` (after an error mid-step) only closes the sinks: a state caught mid-step is never
+        evaluated or saved as a checkpoint.
+        """
         cfg = self.cfg
         if self._started and not self._closed:
             self._closed = True
             try:
-                if cfg.eval.at_end and self.global_step > 0 and self._eval_step != self.global_step:
+                if finish and cfg.eval.at_end and self.global_step > 0 and self._eval_step != self.global_step:
                     self.eval_after, self._eval_step = self.evaluate(), self.global_step  # stopped by a hook
                     self.sinks.log(self.global_step, {"eval/accuracy": self.eval_after})
-                if self.global_step > 0 and self._saved_step != self.global_step:
+                if finish and self.global_step > 0 and self._saved_step != self.global_step:
                     self.save_checkpoint()
             finally:
                 self.sinks.close()
@@ -256,9 +260,10 @@ class GMPOTrainer:
         try:
             while not self.done:
                 self.step()
-        finally:
-            summary = self.close()
-        return summary
+        except BaseException:
+            self.close(finish=False)  # no final eval or checkpoint of a state caught mid-step
+            raise
+        return self.close()
 
     def _run_step(self, step: int) -> tuple[dict[str, float], Restore | None]:
         """collect -> prepare -> update/optimize for rollout step `step`; (host metrics, a pending Restore)."""
