@@ -9,7 +9,8 @@ advantages) and what telemetry needs (texts, per-function rewards, truncation). 
   rollout_logp, truncated, texts, lengths, pad_id, entropy;
 - scoring (:func:`gmpo.train.collect.score`): rewards, per_fn;
 - preparation (:func:`gmpo.train.prepare.prepare`): ref_logp, KL shaping of rewards, advantages,
-  advantages_host, share_prompt.
+  advantages_host;
+- the trainer: share_prompt (from ``train.share_prompt_forward``, off under gradient checkpointing).
 
 How the rows are cut into micro-batches is the update's business (:mod:`gmpo.train.forward`).
 """
