@@ -11,14 +11,20 @@ import torch
 
 from gmpo.config import ConfigError, GuardConfig, load_config
 from gmpo.guard import Guard, Webhook, read_alerts, robust_z
+from gmpo.train.hooks import HookList, Restore
 
 
 # ----------------------------------------------------------------------------------------------
-# a fake trainer implementing the hook-facing Trainer API of INTERFACES.md
+# a fake trainer implementing the hook-facing side of gmpo.train.GMPOTrainer (gmpo/train/hooks.py)
 
 
 class FakeTrainer:
-    """Linear model + AdamW; `inject` maps step -> {"nan": True} | {"grad_scale": x} | stats overrides."""
+    """Linear model + AdamW; `inject` maps step -> {"nan": True} | {"grad_scale": x} | stats overrides.
+
+    Like GMPOTrainer: one optimizer step per rollout step, applied only on an "ok" verdict; a step abandoned by a
+    Restore is still logged and ended (``on_step_end``), then the trainer returns to the snapshot between steps,
+    multiplying the lr by every rollback's factor so far (over the snapshot's own) and keeping ``events`` live.
+    """
 
     def __init__(self, run_dir: Path, hooks, lr=0.05, inject=None, metrics_fn=None, sticky=False):
         torch.manual_seed(0)
@@ -26,46 +32,47 @@ class FakeTrainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.hooks = hooks
+        self.hooks = HookList(hooks)
         self.inject = inject or {}
         self.sticky = sticky  # False: an injection happens once (a replay after a rollback is clean)
         self.metrics_fn = metrics_fn or (lambda step: {})
-        self.step = 0
+        self.global_step = 0
         self.events = 0
+        self.rollbacks = 0
+        self.lr_scale = 1.0
         self.stop_reason = None
         self.applied = []  # steps whose update was applied
-        self._restored = False
 
-    # Trainer API
+    # the hook-facing API
     def snapshot(self):
-        return copy.deepcopy({"model": self.model.state_dict(), "optim": self.optimizer.state_dict(), "step": self.step})
-
-    def restore(self, snap):
-        snap = copy.deepcopy(snap)
-        self.model.load_state_dict(snap["model"])
-        self.optimizer.load_state_dict(snap["optim"])
-        self.step = snap["step"]
-        self._restored = True
+        return copy.deepcopy({"model": self.model.state_dict(), "optim": self.optimizer.state_dict(),
+                              "step": self.global_step, "lr_scale": self.lr_scale})
 
     def save_checkpoint(self):
-        path = self.run_dir / f"checkpoint-{self.step}"
+        path = self.run_dir / f"checkpoint-{self.global_step}"
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.snapshot(), path / "state.pt")
         return path
 
-    def scale_lr(self, factor):
-        for g in self.optimizer.param_groups:
-            g["lr"] *= factor
-
     def request_stop(self, reason):
         self.stop_reason = reason
 
+    # carrying out a Restore (GMPOTrainer._restore)
+    def _restore(self, r: Restore):
+        scale = self.lr_scale * r.lr_factor
+        snap = copy.deepcopy(r.snapshot)
+        self.model.load_state_dict(snap["model"])
+        self.optimizer.load_state_dict(snap["optim"])
+        self.global_step = snap["step"]
+        for g in self.optimizer.param_groups:
+            g["lr"] *= scale / snap["lr_scale"]
+        self.lr_scale, self.rollbacks = scale, self.rollbacks + 1
+
     # the loop
     def train(self, steps):
-        for h in self.hooks:
-            h.on_train_start(self)
-        while self.step < steps and self.stop_reason is None:
-            step = self.step + 1
+        self.hooks.on_train_start(self)
+        while self.global_step < steps and self.stop_reason is None:
+            step = self.global_step + 1
             inj = self.inject.get(step, {}) if self.sticky else self.inject.pop(step, {})
             x = torch.arange(4.0).unsqueeze(0) + step
             loss = (self.model(x) - 1.0).pow(2).mean()
@@ -79,19 +86,26 @@ class FakeTrainer:
             stats = {"loss": float(loss.detach()), "grad_norm": float(gn),
                      "nonfinite": float(not (torch.isfinite(loss) and torch.isfinite(gn))),
                      "ratio/token_max": inj.get("ratio_max", 1.1), "ratio/token_min": inj.get("ratio_min", 0.9)}
-            self._restored = False
-            decisions = [h.before_optimizer_step(self, step, stats) for h in self.hooks]
-            if all(d == "ok" for d in decisions) and not self._restored:
+            verdict = self.hooks.before_optimizer_step(self, step, stats)
+            if verdict == "ok":
                 self.optimizer.step()
                 self.applied.append(step)
             self.optimizer.zero_grad()
-            if not self._restored:  # like gmpo.trainer: a rolled-back step is still logged and ended
-                self.step = step
-            metrics = {"loss/value": stats["loss"], "grad/norm": stats["grad_norm"], **self.metrics_fn(step)}
+            restore = verdict if isinstance(verdict, Restore) else None
+            if restore is None:
+                self.global_step = step
+            metrics = {"loss/value": stats["loss"], "grad/norm": stats["grad_norm"], "optim/lr": self.lr,
+                       **self.metrics_fn(step)}
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
-            for h in self.hooks:
-                h.on_step_end(self, step, metrics)
+            end = self.hooks.on_step_end(self, step, metrics)
+            restore = restore or (end if isinstance(end, Restore) else None)
+            if restore is not None:
+                self._restore(restore)
+
+    @property
+    def lr(self):
+        return self.optimizer.param_groups[0]["lr"]
 
 
 def cfg(**kw):
@@ -127,23 +141,17 @@ def test_config_keys_and_validation():
 
 
 class Recorder:
-    """Minimal trainer for detector tests (no model): records stop/rollback calls."""
+    """Minimal trainer for detector tests (no model): records stop requests."""
 
     def __init__(self, run_dir):
-        self.run_dir, self.step, self.events = Path(run_dir), 0, 0
-        self.stopped, self.restored, self.lr = None, [], 1.0
+        self.run_dir, self.global_step, self.events = Path(run_dir), 0, 0
+        self.stopped = None
 
     def snapshot(self):
-        return {"step": self.step}
-
-    def restore(self, s):
-        self.restored.append(s["step"])
+        return {"step": self.global_step}
 
     def save_checkpoint(self):
         return self.run_dir / "ckpt"
-
-    def scale_lr(self, f):
-        self.lr *= f
 
     def request_stop(self, reason):
         self.stopped = reason
@@ -152,7 +160,7 @@ class Recorder:
 def feed(guard, tr, seq, pre=False):
     out = []
     for i, m in enumerate(seq, start=1):
-        tr.step = i
+        tr.global_step = i - 1 if pre else i  # step i is running (pre) or has completed (step end)
         if pre:
             out.append(guard.before_optimizer_step(tr, i, m))
         else:
@@ -237,7 +245,7 @@ def test_injected_nan_is_skipped_and_training_goes_on(tmp_path):
     g = Guard(cfg(nonfinite_action="skip"))
     tr = FakeTrainer(tmp_path, [g], inject={3: {"nan": True}})
     tr.train(6)
-    assert tr.applied == [1, 2, 4, 5, 6] and tr.step == 6
+    assert tr.applied == [1, 2, 4, 5, 6] and tr.global_step == 6
     assert all(torch.isfinite(p).all() for p in tr.model.parameters())
     assert detectors_fired(tmp_path) == [(3, "nonfinite", "skip")] and tr.events == 1
 
@@ -250,12 +258,13 @@ def test_injected_grad_spike_rolls_back_to_exact_state(tmp_path):
 
     tr = FakeTrainer(tmp_path / "run", [g], inject={5: {"grad_scale": 1e4}})
     seen = {}
-    orig_restore = tr.restore
+    orig_restore = tr._restore
 
-    def spy(snap):
-        orig_restore(snap)
+    def spy(r):
+        assert isinstance(r, Restore) and r.lr_factor == 0.5 and "step 4" in r.source
+        orig_restore(r)
         seen["params"], seen["optim"] = params(tr.model), copy.deepcopy(tr.optimizer.state_dict())
-    tr.restore = spy
+    tr._restore = spy
     tr.train(8)
     assert detectors_fired(tmp_path / "run") == [(5, "grad_spike", "rollback")]
     for a, b in zip(seen["params"], want_params):
@@ -264,7 +273,8 @@ def test_injected_grad_spike_rolls_back_to_exact_state(tmp_path):
         for name, v in st.items():
             assert torch.equal(torch.as_tensor(seen["optim"]["state"][k][name]), torch.as_tensor(v))
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
-    assert tr.step == 8 and tr.applied == [1, 2, 3, 4, 5, 6, 7, 8]  # replayed 5 with the smaller lr, went on
+    assert tr.global_step == 8 and tr.applied == [1, 2, 3, 4, 5, 6, 7, 8]  # replayed 5 with the smaller lr, went on
+    assert tr.rollbacks == 1
     # nothing written before the rollback point is lost: steps 1-4, the abandoned 5, then the replay
     steps = [json.loads(l)["step"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 5, 6, 7, 8]
@@ -289,6 +299,20 @@ def test_rollback_limit_turns_into_stop(tmp_path):
     assert detectors_fired(tmp_path) == [(3, "nonfinite", "rollback"), (3, "nonfinite", "stop")]
     assert tr.stop_reason and tr.applied == [1, 2]
     assert (tmp_path / "checkpoint-3").is_dir()
+
+
+def test_successive_rollbacks_compound_the_lr(tmp_path):
+    """The same failure each replay: every Restore to the same snapshot lowers the lr once more (x f, x f^2,
+    x f^3), until max_rollbacks turns the next one into a stop."""
+    g = Guard(cfg(nonfinite_action="rollback", max_rollbacks=3, snapshot_every=1, rollback_lr_factor=0.5))
+    tr = FakeTrainer(tmp_path, [g], inject={3: {"nan": True}}, sticky=True)
+    tr.train(6)
+    assert detectors_fired(tmp_path) == [(3, "nonfinite", "rollback")] * 3 + [(3, "nonfinite", "stop")]
+    recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 3, 3, 3]
+    assert [r["optim/lr"] for r in recs[2:]] == pytest.approx([0.05, 0.025, 0.0125, 0.00625])
+    assert tr.rollbacks == g.rollbacks == 3 and tr.lr == pytest.approx(0.00625)
+    assert tr.applied == [1, 2] and tr.stop_reason and tr.events == 4
 
 
 def test_snapshots_only_when_a_rollback_is_configured(tmp_path):
