@@ -19,7 +19,8 @@ one generation per step (steps_per_generation = num_iterations = 1).
 
 Steps alternate: a TrainerCallback times each TRL step from on_step_begin to on_step_end (generation,
 scoring, forward, backward, optimizer; TRL's logging and data fetch fall outside, in TRL's favour) and then
-runs one gmpo step (Trainer.train_step plus its step-end hooks), timed separately. The first --warmup steps
+runs one gmpo step (``GMPOTrainer.step()``, the public step API: rollout, update, logging, hooks), timed
+separately. The first --warmup steps
 of each side are excluded from the medians (they are in the reward curves). Afterwards, in the same
 process: rollout tokens/s of gmpo's engine vs Hugging Face ``generate`` at equal batch (64 sequences, 32
 new tokens, same dtype) and the bf16 matmul peak that the training phase's FLOP/s is a fraction of.
@@ -181,25 +182,21 @@ def peak_rss_since_reset_mb() -> float:
 # gmpo side
 
 class GmpoSide:
-    """A gmpo Trainer driven one step at a time, with the bookkeeping of ``Trainer.train`` per step.
+    """A :class:`gmpo.train.GMPOTrainer` driven one step at a time through its public step API.
 
-    ``step()`` returns {"s": wall seconds, "reward": reward/mean, "metrics": the step's metrics,
-    "phases": seconds per PHASES entry}.
+    The constructor opens the run (``start()``: run directory, sinks, the FLOP/s peak, ``on_train_start``
+    hooks); ``step()`` runs ``GMPOTrainer.step()`` and returns {"s": wall seconds, "reward": reward/mean,
+    "metrics": the step's metrics, "phases": seconds per PHASES entry}; ``close()`` ends the run.
     """
 
     def __init__(self, cfg, model, tok):
         from gmpo import perf
-        from gmpo.telemetry.collector import measure_peak_flops
-        from gmpo.telemetry.sinks import SamplesWriter
-        from gmpo.trainer import Trainer
+        from gmpo.train import GMPOTrainer
 
-        self.trainer = tr = Trainer(cfg, model, tok)
-        tr.run_dir.mkdir(parents=True, exist_ok=True)
-        tr.samples = SamplesWriter(tr.run_dir / "samples.jsonl", cfg.log.samples_per_step, 0)
-        tr.peak_flops = measure_peak_flops(tr.device, torch.bfloat16 if tr.bf16 else torch.float32)
+        self.trainer = tr = GMPOTrainer(model, tok, cfg)
         self.timer = perf.PhaseTimer(tr.device)
         perf.instrument(tr, self.timer)
-        tr.hooks.on_train_start(tr)
+        tr.start()
         self.history: list[dict] = []
 
     def step(self) -> dict:
@@ -208,11 +205,7 @@ class GmpoSide:
         if tr.device.type == "cuda":
             torch.cuda.synchronize(tr.device)
         t0 = time.perf_counter()
-        attempted = tr.step + 1
-        metrics = tr.train_step(attempted)
-        if not tr._restored:
-            tr.step = attempted
-        tr.hooks.on_step_end(tr, attempted, metrics)
+        metrics = tr.step()
         if tr.device.type == "cuda":
             torch.cuda.synchronize(tr.device)
         seconds = time.perf_counter() - t0
@@ -220,6 +213,10 @@ class GmpoSide:
                "phases": breakdown(seconds, metrics, dict(self.timer.totals))}
         self.history.append(rec)
         return rec
+
+    def close(self) -> dict:
+        """End the gmpo run (closes its sinks); its summary."""
+        return self.trainer.close()
 
 
 def breakdown(step_s: float, metrics: dict, timed: dict) -> dict:
@@ -238,7 +235,8 @@ def breakdown(step_s: float, metrics: dict, timed: dict) -> dict:
 
 def draw_prompts(cfg, tok, steps: int) -> list[list[dict]]:
     """The prompt records gmpo's loader yields for `steps` steps (a fresh loader with the same seed)."""
-    from gmpo.data import PromptLoader, build_datasets
+    from gmpo.data.loader import PromptLoader
+    from gmpo.data.sources import build_datasets
 
     train_ds, _ = build_datasets(cfg.data, cfg.train.seed)
     loader = PromptLoader(train_ds, tok, cfg.data, cfg.rollout.prompts_per_step, cfg.train.seed)
@@ -291,7 +289,7 @@ def build_trl(args, cfg, model, tok, dataset, reward, device: torch.device, out_
     from transformers import PrinterCallback, ProgressCallback
     from trl.experimental.gmpo import GMPOConfig, GMPOTrainer
 
-    from gmpo import algorithms
+    from gmpo.algo import presets as algorithms
 
     spec = algorithms.resolve(cfg.algorithm, cfg.rollout.max_new_tokens, cfg.rollout.dynamic_sampling)
     if spec.loss != "gmpo" or spec.needs_reference:
@@ -540,6 +538,7 @@ def main(argv=None) -> int:
               f"{args.steps} steps each, {args.threads} threads", flush=True)
         trainer.train()
         ro = rollout_comparison(side, first, args.gen_reps)
+        side.close()
     import trl as trl_mod
 
     info = {

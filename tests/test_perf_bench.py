@@ -1,6 +1,7 @@
 """benchmarks/step_vs_trl.py without TRL: the gmpo side on a tiny model, its step breakdown, the TRL reward
 wrapper's truncation rule, the dataset order, FLOP accounting and the report. The full TRL run is slow-marked."""
 import importlib.util
+import json
 import mmap
 import sys
 from pathlib import Path
@@ -46,8 +47,12 @@ def test_gmpo_side_steps_with_a_breakdown_that_adds_up(bench, tmp_path):
     args, cfg, overrides, side, tok = _side(bench, tmp_path, extra=["train.skip_zero_advantage=false"])
     assert "train.mini_batch_size=0" in overrides and cfg.optim.lr == 1e-5 and cfg.optim.warmup_steps == 0
     assert cfg.rollout.group_size == 4  # extra overrides apply after the reference ones
-    recs = [side.step() for _ in range(2)]
-    assert side.trainer.step == 2
+    recs = [side.step() for _ in range(2)]  # GMPOTrainer.step(), the public step API
+    assert side.trainer.global_step == 2
+    summary = side.close()
+    assert summary["steps"] == 2 and summary["rollbacks"] == 0
+    logged = [json.loads(line)["step"] for line in (tmp_path / "gmpo" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2]  # the steps went through the trainer's own logging
     for rec in recs:
         ph = rec["phases"]
         assert set(ph) == set(bench.PHASES)
