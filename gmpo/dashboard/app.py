@@ -74,10 +74,10 @@ class DashboardState:
             return self.stores
         out = []
         for part in runs.split(","):
-            try:
-                out.append(self.stores[int(part)])
-            except (ValueError, IndexError):
-                raise HTTPException(404, f"no run {part!r}: runs are 0..{len(self.stores) - 1}") from None
+            i = int(part) if part.strip().isdigit() else -1
+            if not 0 <= i < len(self.stores):
+                raise HTTPException(404, f"no run {part!r}: runs are 0..{len(self.stores) - 1}")
+            out.append(self.stores[i])
         return out
 
 
@@ -215,9 +215,14 @@ def _routes(app: FastAPI, state: DashboardState) -> None:
             out["serve"] = state.serve.headline()
         return out
 
+    cache: dict = {}
+
     @app.get("/api/compare")
     def compare() -> dict:
-        return compare_payload(state.stores, state.target_reward, state.smooth)
+        key = tuple(st.version for st in state.stores)  # the table is rebuilt only when a run changed
+        if cache.get("key") != key:
+            cache["value"], cache["key"] = compare_payload(state.stores, state.target_reward, state.smooth), key
+        return cache["value"]
 
     @app.get("/api/samples")
     def samples(run: int = 0, step_min: float | None = None, step_max: float | None = None,
@@ -231,7 +236,7 @@ def _routes(app: FastAPI, state: DashboardState) -> None:
     def serve() -> dict:
         if state.serve is None:
             raise HTTPException(404, "no request log: start `gmpo dashboard` with --serve-db PATH")
-        return {**state.serve.summary(), "recent": state.serve.sample_requests()}
+        return {**state.serve.summary(), "recent": state.serve.sample_requests(limit=10)}
 
     @app.get("/api/health")
     def health() -> dict:

@@ -128,7 +128,11 @@ def align(step_sets: list[np.ndarray], values: list[np.ndarray]) -> tuple[np.nda
     """Put series with their own sorted steps on the union of steps (NaN where a series has no row)."""
     if not step_sets:
         return np.empty(0, dtype=np.int64), []
-    xu = step_sets[0] if len(step_sets) == 1 else np.unique(np.concatenate(step_sets))
+    first = step_sets[0]
+    if all(len(s) == len(first) and np.array_equal(s, first) for s in step_sets[1:]):
+        return first, list(values)  # the common case: one run, metrics logged on the same steps
+    c = np.sort(np.concatenate(step_sets), kind="stable")
+    xu = c[np.r_[True, c[1:] != c[:-1]]] if len(c) else c  # sorted union (cheaper than np.unique's hashing)
     out = []
     for s, v in zip(step_sets, values):
         if len(s) == len(xu) and (len(s) == 0 or (s[0] == xu[0] and s[-1] == xu[-1])):

@@ -30,6 +30,7 @@ from gmpo.runs.files import ALERTS, CONFIG, METRICS, SAMPLES, JsonlTail
 
 _NAME = re.compile(r"^(?P<algo>.+)-s(?P<seed>\d+)$")  # the '<algo>-s<seed>' directory names of `gmpo compare`
 SAMPLE_TEXT_MAX = 4000  # characters kept of a sample's prompt / completion
+_NUMERIC = (int, float, bool)  # JSON numbers (bool: 0/1); compared by class, the fastest test
 
 
 class Columns:
@@ -79,30 +80,80 @@ class Columns:
         for k, v in rec.items():
             if k == "step":
                 continue
-            if isinstance(v, (int, float)):  # bool is an int: stored as 0/1
+            if v.__class__ in _NUMERIC:
                 self._column(k)[row] = v
             elif k == HIST_KEY and isinstance(v, list) and len(v) == HIST_LEN:
-                if self.hist is None:
-                    self.hist = np.full((self.cap, HIST_LEN), np.nan, dtype=np.float32)
+                self._hist_rows([row], [v])
+
+    def add_many(self, recs: list[dict]) -> None:
+        """Add records in order; runs of strictly increasing new steps go in as one block (the fast path of
+        a first read: one numpy conversion per metric instead of one assignment per value)."""
+        i = 0
+        while i < len(recs):
+            prev = self.steps[self.n - 1] if self.n else None
+            j = i
+            while j < len(recs) and (prev is None or int(recs[j]["step"]) > prev):
+                prev = int(recs[j]["step"])
+                j += 1
+            if j - i > 1:
+                self._append_block(recs[i:j])
+                i = j
+            else:
+                self.add(recs[i])
+                i += 1
+
+    def _append_block(self, block: list[dict]) -> None:
+        m, start = len(block), self.n
+        self._grow(start + m)
+        self.steps[start: start + m] = [int(r["step"]) for r in block]
+        keys: set[str] = set()
+        for r in block:
+            keys.update(r)
+        keys.discard("step")
+        for k in keys:
+            vals = [r.get(k) for r in block]
+            if k == HIST_KEY:
+                rows = [start + i for i, v in enumerate(vals) if isinstance(v, list) and len(v) == HIST_LEN]
+                self._hist_rows(rows, [vals[r - start] for r in rows])
+                continue
+            arr = np.fromiter((v if v.__class__ in _NUMERIC else np.nan for v in vals), dtype=float, count=m)
+            if k in self.cols or not np.isnan(arr).all():  # a key that is never a number gets no column
+                self._column(k)[start: start + m] = arr
+        self.n += m
+
+    def _hist_rows(self, rows: list[int], hists: list[list]) -> None:
+        if not rows:
+            return
+        if self.hist is None:
+            self.hist = np.full((self.cap, HIST_LEN), np.nan, dtype=np.float32)
+        try:
+            self.hist[rows] = np.asarray(hists, dtype=np.float32)
+        except (TypeError, ValueError):  # a malformed histogram is left out, not fatal
+            for r, h in zip(rows, hists):
                 try:
-                    self.hist[row] = np.asarray(v, dtype=np.float32)
+                    self.hist[r] = np.asarray(h, dtype=np.float32)
                 except (TypeError, ValueError):
-                    pass  # a malformed histogram is left out, not fatal
+                    pass
 
     def _new_row(self, step: int) -> int:
-        self._grow(self.n + 1)
+        self._grow(self.n + 1)  # rows past n are all NaN (see _clear)
         row = self.n
         self.steps[row] = step
-        for col in self.cols.values():
-            col[row] = np.nan
-        if self.hist is not None:
-            self.hist[row] = np.nan
         self.n += 1
         return row
 
+    def _clear(self, a: int, b: int) -> None:
+        """Reset rows [a, b) to NaN (kept so beyond :attr:`n`, so a new row starts empty)."""
+        for col in self.cols.values():
+            col[a:b] = np.nan
+        if self.hist is not None:
+            self.hist[a:b] = np.nan
+
     def truncate(self, n: int) -> None:
         """Keep only the first `n` rows."""
-        self.n = max(0, min(n, self.n))
+        n = max(0, min(n, self.n))
+        self._clear(n, self.n)
+        self.n = n
 
     def thin(self) -> None:
         """Keep every other row of the older half (the newest half stays exact): bounds memory on very long runs."""
@@ -114,6 +165,7 @@ class Columns:
             col[:m] = col[keep]
         if self.hist is not None:
             self.hist[:m] = self.hist[keep]
+        self._clear(m, self.n)
         self.n = m
 
     def nbytes(self) -> int:
@@ -197,11 +249,11 @@ class RunStore:
             recs, reset = self._read(METRICS)
             if reset:
                 self.table, self.restarts, changed = Columns(), self.restarts + 1, True
-            for r in recs:
-                if isinstance(r.get("step"), (int, float)):
-                    self.table.add(r)
-                    if self.table.n > self.max_rows:
-                        self.table.thin()
+            recs = [r for r in recs if r.get("step").__class__ in (int, float)]
+            for i in range(0, len(recs), self.max_rows // 2 or 1):  # thin between blocks: memory stays bounded
+                self.table.add_many(recs[i: i + self.max_rows // 2 or 1])
+                while self.table.n > self.max_rows:
+                    self.table.thin()
             changed |= bool(recs)
             for fname, store in ((ALERTS, self.alerts), (SAMPLES, self.samples)):
                 got, reset = self._read(fname)
@@ -274,9 +326,11 @@ class RunStore:
 
 def _trim_sample(s: dict) -> dict:
     """A sample record with its long text fields cut to SAMPLE_TEXT_MAX characters (memory bound)."""
-    out = dict(s)
+    out = s
     for k in ("prompt", "completion", "answer"):
-        v = out.get(k)
-        if isinstance(v, str) and len(v) > SAMPLE_TEXT_MAX:
+        v = s.get(k)
+        if v.__class__ is str and len(v) > SAMPLE_TEXT_MAX:
+            if out is s:
+                out = dict(s)
             out[k] = v[:SAMPLE_TEXT_MAX] + f"… [{len(v) - SAMPLE_TEXT_MAX} more characters]"
     return out

@@ -204,7 +204,7 @@
       const lo = p.edges.lo, hi = p.edges.hi;
       const yOf = (l) => rowY(1) + rowH - (l - lo) / (hi - lo) * (nb - 2) * rowH;
       ctx.fillStyle = "#6b7280"; ctx.font = "11px system-ui, sans-serif"; ctx.textAlign = "right"; ctx.textBaseline = "middle";
-      for (const t of [-1, -0.5, 0, 0.5, 1]) ctx.fillText(String(t), g.L - 4, yOf(t));
+      for (const t of [-0.5, 0, 0.5]) ctx.fillText(String(t), g.L - 4, yOf(t));
       ctx.fillText("≤" + lo, g.L - 4, rowY(0) + rowH / 2 + 2);
       ctx.fillText(">" + hi, g.L - 4, rowY(nb - 1) + rowH / 2 - 2);
       ctx.textAlign = "center"; ctx.textBaseline = "top";
