@@ -222,9 +222,10 @@ class ContinualLoop:
         except Exception as e:  # a reward error, bad data the schema let through, a NaN: the probe's job
             failure = f"{type(e).__name__}: {e}"
         events = [a for a in read_alerts(out) if a.get("action") in pc.fail_on]
-        if events and not failure:
+        if events:
             e = events[0]
-            failure = f"guard {e.get('detector')} -> {e.get('action')} at step {e.get('step')}: {e.get('message', '')}"
+            failure = (f"guard {e.get('detector')} -> {e.get('action')} at step {e.get('step')}: "
+                       f"{e.get('message', '')}" + (f" ({failure})" if failure else ""))
         details = {**rec["details"], "probe": {"steps": pc.steps, "rows": min(pc.rows, len(rows)), "events": len(events),
                                                "failure": failure}, "probe_s": time.perf_counter() - t0}
         if failure:

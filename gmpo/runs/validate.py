@@ -148,14 +148,16 @@ def validate_batch(path: str | Path, cfg: ValidateConfig, gate_sets: dict[str, s
     out = Validation(bad=bad, n_rows=len(rows) + len(bad))
     seen: dict[str, int] = {}
     for row, rec in rows:
-        problem = _check_row(rec, cfg)
+        prompt = rec.get(cfg.prompt_field) if isinstance(rec, dict) else None
+        key = normalize(prompt) if isinstance(prompt, str) else None
+        hits = [name for name, prompts in (gate_sets or {}).items() if key in prompts]
+        if hits:  # reported first: whatever else is wrong with it, this row leaks the gate's answers
+            problem = (cfg.prompt_field, "contamination",
+                       f"prompt is in the gate's evaluation set {', '.join(hits)} (training on it would contaminate the gate)")
+        else:
+            problem = _check_row(rec, cfg)
         if problem is None:
-            key = normalize(rec[cfg.prompt_field])
-            hits = [name for name, prompts in (gate_sets or {}).items() if key in prompts]
-            if hits:
-                problem = (cfg.prompt_field, "contamination",
-                           f"prompt is in the gate's evaluation set {', '.join(hits)} (training on it would contaminate the gate)")
-            elif key in seen:
+            if key in seen:
                 problem = (cfg.prompt_field, "duplicate", f"duplicate of row {seen[key]}")
             else:
                 seen[key] = row
