@@ -49,19 +49,32 @@ def parse_registry_ref(source: str) -> tuple[str, str]:
     return name, alias or "production"
 
 
+_REGISTRIES: dict[str, object] = {}
+_REG_LOCK = threading.Lock()
+
+
 def _registry(path: str):
+    """The process's :class:`ModelRegistry` for ``path`` ("" = $GMPO_REGISTRY or the default), opened once."""
     try:
         from gmpo.runs.model_registry import ModelRegistry
-    except ImportError as e:  # the registry lands in another change
+    except ImportError as e:  # the registry is another part: say so instead of a bare ImportError
         raise ValueError(f"registry model sources need gmpo.runs.model_registry, which is not available: {e}") from None
-    return ModelRegistry(path or None)
+    with _REG_LOCK:
+        if path not in _REGISTRIES:
+            _REGISTRIES[path] = ModelRegistry(path or None)
+        return _REGISTRIES[path]
 
 
 def resolve_source(source: str, registry_path: str = "") -> tuple[str, int | None]:
-    """(loadable path or name, registry version or None) of a model source."""
+    """(loadable path or name, registry version or None) of a model source; a registered version whose
+    files are damaged is an error (checked cheaply: files present, sizes as registered)."""
     if source.startswith(REGISTRY_PREFIX):
         name, alias = parse_registry_ref(source)
-        mv = _registry(registry_path).resolve(f"{name}@{alias}")
+        reg = _registry(registry_path)
+        mv = reg.resolve(f"{name}@{alias}")
+        problems = reg.verify(mv, deep=False) if hasattr(reg, "verify") else []
+        if problems:
+            raise ValueError(f"{source} -> {name} v{mv.version}: the registered files are damaged: {'; '.join(problems)}")
         return str(mv.path), int(mv.version)
     return source, None
 

@@ -32,6 +32,12 @@ def serve(cfg, pool=None) -> int:
     exp = service.router.experiment
     print(f"gmpo serve: http://{cfg.host}:{cfg.port}/v1  models: {names}"
           + (f"  experiment: {exp.name} -> {exp.id}" if exp else "") + f"  log: {cfg.log_db}", flush=True)
+    # uvicorn handles SIGTERM/SIGINT itself (graceful drain) and re-raises the signal once it is done; a
+    # no-op handler here turns that re-raise into a normal return, so the process exits 0 after a drain.
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     print(f"gmpo serve: stopped; {service.reqlog.written} log rows written to {cfg.log_db}", flush=True)
     return 0
