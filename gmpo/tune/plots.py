@@ -17,13 +17,6 @@ def _plt():
     return plt
 
 
-def _score(r: dict, multi: bool) -> float | None:
-    """The number a trial is ranked by in the figures: its value, or its accuracy in a two-objective study."""
-    if not r["values"]:
-        return None
-    return r["values"][0]
-
-
 def plot_history(rows: list[dict], path: Path, multi: bool) -> bool:
     """Objective per trial with the running best (single objective); the Pareto front (two objectives)."""
     plt = _plt()
@@ -123,7 +116,7 @@ def plot_slices(rows: list[dict], keys: list[str], params: dict, path: Path, mul
     fig, axes = plt.subplots(nrows, cols, figsize=(4.0 * cols, 3.2 * nrows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         p = params[key]
-        ys = [_score(r, multi) for r in done]
+        ys = [r["values"][0] for r in done]  # the value, or the accuracy of a two-objective study
         if p.kind == "categorical":
             labels = [repr(c) for c in p.choices]
             xs = [labels.index(repr(r["params"].get(key))) if repr(r["params"].get(key)) in labels else -1 for r in done]

@@ -144,9 +144,13 @@ def _importances(study, multi: bool) -> tuple[dict, str]:
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if len(done) < 2 or not done[0].params:
         return {}, "parameter importances need at least 2 complete trials"
+    import warnings
+
     try:
         target = (lambda t: -t.values[0]) if multi else None  # PED-ANOVA ranks low targets as good
-        return optuna.importance.get_param_importances(study, target=target), ""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. 'importances will be equal' when every value is the same
+            return optuna.importance.get_param_importances(study, target=target), ""
     except (RuntimeError, ValueError, ZeroDivisionError) as e:
         return {}, f"parameter importances unavailable: {e}"
 
