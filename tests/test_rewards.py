@@ -273,3 +273,75 @@ def test_plain_number():
 def test_numeric_answer_takes_plain_numbers_only():
     got = _score(numeric_answer, ["\\boxed{\\sqrt{72}}", "\\boxed{72!}", "\\boxed{72}", "72 clips"], "72")
     assert got == [0, 0, 1, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# the registry: entries next to the code, with their options (issue 16 item 4)
+
+def test_available_lists_every_builtin_with_help_and_options():
+    from gmpo.rewards import available, describe
+
+    info = available()
+    assert list(info)[:5] == ["math_answer", "gsm8k_answer", "numeric_answer", "arithmetic", "format"]
+    assert {"code_tests", "code_format"} <= set(info)  # registered by gmpo.rewards.code
+    for name in ["math_answer", "gsm8k_answer", "numeric_answer", "arithmetic", "format", "code_tests", "code_format"]:
+        entry = info[name]
+        assert entry["help"] and "\n" not in entry["help"] and "``" not in entry["help"], name
+    assert info["math_answer"]["options"] == {"timeout": {"default": 1.0, "help": info["math_answer"]["options"]
+                                                          ["timeout"]["help"]}}
+    assert "seconds" in info["math_answer"]["options"]["timeout"]["help"]
+    assert set(info["format"]["options"]) == {"pattern", "style"} and info["numeric_answer"]["options"] == {}
+    assert info["code_tests"]["options"]["timeout"]["default"] == 10.0  # from its reward_options marker
+    assert "math_answer(timeout=1.0): 1.0 when" in describe()
+
+
+def test_registered_reward_with_options_is_checked_when_the_runner_is_built():
+    from gmpo.rewards import available, check_spec, reward_options
+
+    def check(kw):
+        if kw.get("target", 1) < 0:
+            raise ValueError(f"target must be >= 0, got {kw['target']}")
+
+    @register_reward("test_len_target", options={"target": "wanted length in characters"}, validate=check)
+    def len_target(prompts, completions, target: int = 3, **columns):
+        """1.0 when the completion has ``target`` characters."""
+        return [float(len(c) == target) for c in completions]
+
+    assert available()["test_len_target"] == {"help": "1.0 when the completion has target characters.",
+                                              "options": {"target": {"default": 3,
+                                                                     "help": "wanted length in characters"}}}
+    assert reward_options("test_len_target") == {"target": "wanted length in characters"}
+    res = RewardRunner([{"name": "test_len_target", "kwargs": {"target": 2}}])(["q"] * 2, ["ab", "abc"], {})
+    assert res.total.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="reward 'test_len_target' has no option 'taget' \\(options: target\\)"):
+        RewardRunner([{"name": "test_len_target", "kwargs": {"taget": 2}}])
+    with pytest.raises(ValueError, match="reward 'test_len_target': target must be >= 0, got -1"):
+        check_spec("test_len_target", {"target": -1})
+    with pytest.raises(ValueError, match="options \\['nope'\\] are not parameters of"):
+        register_reward("test_bad_options", lambda prompts, completions: [0.0], options=("nope",))
+    with pytest.raises(ValueError, match="reward name must be a non-empty string without ':'"):
+        register_reward("a:b", len_target)
+
+
+def test_builtin_option_values_are_checked_at_config_time():
+    with pytest.raises(ValueError, match="reward 'math_answer': timeout must be a positive number of seconds, got 0"):
+        RewardRunner([RewardSpec("math_answer", 1.0, {"timeout": 0})])
+    with pytest.raises(ValueError, match="reward 'gsm8k_answer': timeout must be a positive"):
+        RewardRunner([RewardSpec("gsm8k_answer", 1.0, {"timeout": "fast"})])
+    with pytest.raises(ValueError, match="reward 'format': format: invalid regex"):
+        RewardRunner([RewardSpec("format", 1.0, {"pattern": "("})])
+    with pytest.raises(ValueError, match="reward 'format': format: unknown style 'xml'"):
+        RewardRunner([RewardSpec("format", 1.0, {"style": "xml"})])
+    assert RewardRunner([RewardSpec("math_answer", 1.0, {"timeout": 0.5})]).names == ["math_answer"]
+
+
+def test_listing_rewards_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, gmpo.rewards as r; names = list(r.available()); "
+            "print(len(names), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    n, torch_loaded = out.stdout.split()
+    assert int(n) >= 7 and torch_loaded == "False"

@@ -3,7 +3,8 @@
 ``prompts`` and ``completions`` are lists of strings (TRL's conversational form, a list of
 ``{"role", "content"}`` messages, is accepted too: the last message's content is used). Dataset
 columns arrive as keyword lists of the same length; the gold answer is the ``answer`` column. Options
-given in a reward spec's ``kwargs`` arrive as plain keyword arguments.
+given in a reward spec's ``kwargs`` arrive as plain keyword arguments. Each function registers itself
+(:func:`gmpo.rewards.registry.register_reward`) with its options and their config-time checks.
 
 Every answer reward reads only the completion's *final* answer (:func:`gmpo.grading.final_answer`:
 the last ``\\boxed{}``, else "the answer is X" / "#### X", all read from the raw completion; else the
@@ -13,9 +14,10 @@ does not put its numbers in the answer position, and an answer that repeats part
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any
 
 from gmpo import grading
+from gmpo.rewards.registry import register_reward
 
 NUMERIC_TOL = 1e-6  # absolute tolerance for numeric_answer / gsm8k_answer / arithmetic
 
@@ -24,14 +26,13 @@ NUMERIC_TOL = 1e-6  # absolute tolerance for numeric_answer / gsm8k_answer / ari
 _NUM_RE = re.compile(r"(?:(?<![\w.)\]}])-)?(?<![\d.])(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
 
 
-def _options(*names: str) -> Callable:
-    """Mark a built-in's accepted spec ``kwargs`` so the runner rejects misspelt options."""
+def _check_timeout(kwargs: dict) -> None:
+    """Config-time check of the ``timeout`` option (seconds, > 0)."""
+    if "timeout" in kwargs:
+        grading.check_timeout(kwargs["timeout"])
 
-    def mark(fn: Callable) -> Callable:
-        fn.reward_options = names
-        return fn
 
-    return mark
+_TIMEOUT_HELP = "seconds per math-verify comparison; a slower one scores 0 (slow ones of a batch share it)"
 
 
 def _text(x: Any) -> str:
@@ -126,7 +127,7 @@ def _close(p: float, golds: list[float]) -> bool:
     return any(abs(p - g) <= NUMERIC_TOL for g in golds)
 
 
-@_options("timeout")
+@register_reward("math_answer", options={"timeout": _TIMEOUT_HELP}, validate=_check_timeout)
 def math_answer(prompts, completions, answer=None, timeout: float = grading.DEFAULT_TIMEOUT, **columns) -> list[float]:
     """1.0 when the completion's final answer is mathematically equivalent to the gold (math-verify).
 
@@ -140,10 +141,10 @@ def math_answer(prompts, completions, answer=None, timeout: float = grading.DEFA
     return [float(r.correct) for r in results]
 
 
-@_options("timeout")
+@register_reward("gsm8k_answer", options={"timeout": _TIMEOUT_HELP}, validate=_check_timeout)
 def gsm8k_answer(prompts, completions, answer=None, timeout: float = grading.DEFAULT_TIMEOUT,
                  **columns) -> list[float]:
-    """GSM8K: 1.0 when the final answer equals the gold number after ``#### `` in the ``answer`` column.
+    """GSM8K: 1.0 when the final answer equals the gold number (after ``####`` in the ``answer`` column).
 
     The prediction is the completion's final answer (boxed / "answer is" / "####" / last number); a
     plain number (:func:`plain_number`: commas, ``$``, unit words and ``%`` ignored) is compared
@@ -168,7 +169,7 @@ def gsm8k_answer(prompts, completions, answer=None, timeout: float = grading.DEF
     return out
 
 
-@_options()
+@register_reward("numeric_answer", options=())
 def numeric_answer(prompts, completions, answer=None, **columns) -> list[float]:
     """1.0 when the final answer is a plain number (:func:`plain_number`) equal to the gold (|pred - gold| <= 1e-6).
 
@@ -184,7 +185,7 @@ def numeric_answer(prompts, completions, answer=None, **columns) -> list[float]:
     return out
 
 
-@_options()
+@register_reward("arithmetic", options=())
 def arithmetic_answer(prompts, completions, answer=None, **columns) -> list[float]:
     """The arithmetic task's reward: :func:`numeric_answer`, and the completion's last number is the answer.
 
@@ -206,14 +207,8 @@ FORMAT_STYLES = {
 }
 
 
-@_options("pattern", "style")
-def format_reward(prompts, completions, pattern: str | None = None, style: str | None = None, **columns) -> list[float]:
-    """1.0 when the completion has the expected final-answer form, else 0.0.
-
-    Default (``style="boxed"``): a non-empty, closed ``\\boxed{...}``. ``style="think_answer"``: the R1
-    form ``... </think> <answer> X </answer>`` at the end. ``pattern``: any regex, searched with
-    ``re.DOTALL`` (anchor it with ``^``/``$`` to constrain the whole completion).
-    """
+def _format_regex(pattern: str | None, style: str | None) -> re.Pattern | None:
+    """The compiled regex of a ``format`` spec (None: a closed, non-empty box); ValueError if invalid."""
     if pattern is not None and style is not None:
         raise ValueError("format: give either pattern or style, not both")
     style = style or ("boxed" if pattern is None else None)
@@ -221,21 +216,28 @@ def format_reward(prompts, completions, pattern: str | None = None, style: str |
         raise ValueError(f"format: unknown style {style!r}; choose {', '.join(FORMAT_STYLES)} or give a pattern")
     regex = pattern if pattern is not None else FORMAT_STYLES[style]
     if regex is None:
-        return [float(bool(grading.extract_boxed(_text(c)))) for c in completions]
+        return None
     try:
-        compiled = re.compile(regex, re.DOTALL)
-    except re.error as e:
+        return re.compile(regex, re.DOTALL)
+    except (re.error, TypeError) as e:
         raise ValueError(f"format: invalid regex {regex!r}: {e}") from None
+
+
+@register_reward("format", options={"pattern": "a regex the completion must match (re.DOTALL; anchor with ^/$)",
+                                    "style": f"a named form: {' | '.join(FORMAT_STYLES)} (default boxed)"},
+                 validate=lambda kw: _format_regex(kw.get("pattern"), kw.get("style")))
+def format_reward(prompts, completions, pattern: str | None = None, style: str | None = None, **columns) -> list[float]:
+    """1.0 when the completion has the expected final-answer form, else 0.0.
+
+    Default (``style="boxed"``): a non-empty, closed ``\\boxed{...}``. ``style="think_answer"``: the R1
+    form ``... </think> <answer> X </answer>`` at the end. ``pattern``: any regex, searched with
+    ``re.DOTALL`` (anchor it with ``^``/``$`` to constrain the whole completion).
+    """
+    compiled = _format_regex(pattern, style)
+    if compiled is None:
+        return [float(bool(grading.extract_boxed(_text(c)))) for c in completions]
     return [float(compiled.search(_text(c)) is not None) for c in completions]
 
 
-BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {
-    "math_answer": math_answer,
-    "gsm8k_answer": gsm8k_answer,
-    "numeric_answer": numeric_answer,
-    "arithmetic": arithmetic_answer,
-    "format": format_reward,
-}
-
-__all__ = ["BUILTIN_REWARDS", "arithmetic_answer", "format_reward", "gsm8k_answer", "math_answer", "numbers",
+__all__ = ["FORMAT_STYLES", "arithmetic_answer", "format_reward", "gsm8k_answer", "math_answer", "numbers",
            "numeric_answer", "plain_number", "single_number"]

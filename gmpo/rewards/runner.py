@@ -1,30 +1,25 @@
-"""The reward registry (names and ``module:function`` user code) and the scoring runner.
+"""The scoring runner: every configured reward function once per batch, checked and weighted.
 
 :class:`RewardRunner` calls each configured function once per batch, checks what comes back, and sums
 the weighted scores. A function that raises stops training with a :class:`RewardError` naming the
 function, the sample and an excerpt of its completion; with ``errors="zero"`` the failing samples
 score 0 and are counted instead. A function returning the wrong number of scores or a non-number is a
-programming error and always raises.
+programming error and always raises. Names, options and option values are checked when the runner
+is built (:func:`gmpo.rewards.registry.check_spec`). The registry is re-exported here for old imports.
 """
 from __future__ import annotations
 
-import difflib
-import importlib
-import importlib.util
 import inspect
 import math
 import numbers as _numbers
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
-import torch
+from gmpo.rewards.registry import REWARDS, RewardFn, check_spec, get_reward, register_reward
 
-from gmpo.rewards.builtin import BUILTIN_REWARDS
-
-RewardFn = Callable[..., list[float]]
-REWARDS: dict[str, RewardFn] = dict(BUILTIN_REWARDS)
+if TYPE_CHECKING:
+    import torch
 
 
 class RewardError(RuntimeError):
@@ -33,76 +28,6 @@ class RewardError(RuntimeError):
     def __init__(self, message: str, fn: str = "", index: int | None = None, excerpt: str = ""):
         super().__init__(message)
         self.fn, self.index, self.excerpt = fn, index, excerpt
-
-
-def register_reward(name: str, fn: RewardFn | None = None, *, overwrite: bool = False):
-    """Register ``fn`` under ``name`` (usable as ``@register_reward("name")``)."""
-
-    def add(f: RewardFn) -> RewardFn:
-        if not callable(f):
-            raise TypeError(f"reward '{name}' must be callable, got {type(f).__name__}")
-        if name in REWARDS and REWARDS[name] is not f and not overwrite:
-            raise ValueError(f"reward '{name}' is already registered (pass overwrite=True to replace it)")
-        REWARDS[name] = f
-        return f
-
-    return add if fn is None else add(fn)
-
-
-def _import_module(mod: str, spec_name: str):
-    if mod.endswith(".py"):  # a file path: "path/to/rewards.py:fn"
-        path = Path(mod).expanduser().resolve()
-        if not path.is_file():
-            raise ValueError(f"reward '{spec_name}': file not found: {path}")
-        name = f"gmpo_user_rewards_{abs(hash(str(path)))}"
-        if name in sys.modules:
-            return sys.modules[name]
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as e:
-            del sys.modules[name]
-            raise ValueError(f"reward '{spec_name}': importing {path} failed: {type(e).__name__}: {e}") from e
-        return module
-    try:
-        return importlib.import_module(mod)
-    except Exception as e:
-        raise ValueError(
-            f"reward '{spec_name}': cannot import module '{mod}': {type(e).__name__}: {e} "
-            "(is it on PYTHONPATH? a file path ending in .py works too)"
-        ) from e
-
-
-def get_reward(name: str | RewardFn) -> RewardFn:
-    """The reward function for a built-in name, a registered name, or ``"package.module:function"``.
-
-    Built-ins: math_answer, gsm8k_answer, numeric_answer, arithmetic, format. A callable is returned as
-    is. Unknown names raise ValueError listing the choices.
-    """
-    if callable(name):
-        return name
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"reward name must be a non-empty string, got {name!r}")
-    name = name.strip()
-    if name in REWARDS:
-        return REWARDS[name]
-    if ":" in name:
-        mod, _, attr = name.rpartition(":")
-        if not mod or not attr:
-            raise ValueError(f"reward '{name}': expected 'package.module:function'")
-        module = _import_module(mod, name)
-        if not hasattr(module, attr):
-            funcs = sorted(k for k, v in vars(module).items() if inspect.isfunction(v) and not k.startswith("_"))
-            raise ValueError(f"reward '{name}': module '{mod}' has no '{attr}' (functions: {', '.join(funcs) or 'none'})")
-        fn = getattr(module, attr)
-        if not callable(fn):
-            raise ValueError(f"reward '{name}': '{attr}' is a {type(fn).__name__}, not a function")
-        return fn
-    close = difflib.get_close_matches(name, list(REWARDS), n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ValueError(f"unknown reward '{name}'{hint}; choose {', '.join(REWARDS)}, or 'package.module:function'")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,6 +57,7 @@ class _Fn:
 
 
 def _inspect(name: str, fn: RewardFn, kwargs: dict) -> _Fn:
+    """How to call ``fn`` (by keyword or position, which columns it takes); ``kwargs`` already validated."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # a C callable: pass everything positionally-plus-keywords
@@ -153,14 +79,6 @@ def _inspect(name: str, fn: RewardFn, kwargs: dict) -> _Fn:
         skip = {p.name for p in positional[:2]}
         takes_prompts = True
     required = tuple(p.name for p in named if p.default is p.empty and p.name not in skip)
-    options = getattr(fn, "reward_options", None)
-    for key in kwargs:
-        if options is not None and key not in options:
-            raise ValueError(
-                f"reward '{name}' has no option '{key}' (options: {', '.join(options) or 'none'})"
-            )
-        if options is None and key not in names and not var_kw:
-            raise ValueError(f"reward '{name}' does not accept keyword '{key}' (signature {inspect.signature(fn)})")
     return _Fn(name, fn, 1.0, dict(kwargs), by_keyword, takes_prompts, var_kw, frozenset(names - skip), required)
 
 
@@ -169,9 +87,14 @@ def _excerpt(text: Any, n: int = 160) -> str:
     return s if len(s) <= n else s[: n - 50] + " ... " + s[-45:]
 
 
+def _is_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")  # a tensor exists only if torch was imported: never import it here
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def _as_scores(name: str, out: Any, n: int) -> list[Any]:
     """The function's return value as a list of length n (raising RewardError otherwise)."""
-    if isinstance(out, torch.Tensor):
+    if _is_tensor(out):
         out = out.detach().reshape(-1).tolist() if out.dim() <= 1 else out
     elif hasattr(out, "tolist") and hasattr(out, "shape"):  # numpy
         out = out.reshape(-1).tolist() if len(out.shape) <= 1 else out
@@ -185,7 +108,7 @@ def _as_scores(name: str, out: Any, n: int) -> list[Any]:
 
 
 def _number(v: Any) -> float | None:
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
+    if _is_tensor(v) and v.numel() == 1:
         return float(v)
     if isinstance(v, _numbers.Real) or (hasattr(v, "dtype") and hasattr(v, "item") and getattr(v, "ndim", 1) == 0):
         return float(v)
@@ -226,7 +149,7 @@ class RewardRunner:
             key, k = label, 2
             while key in taken:  # the same function twice (e.g. with different kwargs)
                 key, k = f"{label}#{k}", k + 1
-            entry = _inspect(key, get_reward(name), dict(kwargs))
+            entry = _inspect(key, check_spec(name, kwargs), dict(kwargs))  # names, options and values checked
             entry.weight = float(weight)
             self.fns.append(entry)
 
@@ -310,6 +233,8 @@ class RewardRunner:
 
     def __call__(self, prompts: list, completions: list, columns: dict[str, list] | None = None) -> RewardResult:
         """Score N completions; ``prompts`` and every column hold one entry per completion."""
+        import torch
+
         columns = dict(columns or {})
         n = len(completions)
         if len(prompts) != n:
@@ -334,3 +259,6 @@ class RewardRunner:
             per_fn[f.name] = t.float()
             errors[f.name] = bad
         return RewardResult(total=total.float(), per_fn=per_fn, n_errors=sum(errors.values()), errors_by_fn=errors)
+
+
+__all__ = ["REWARDS", "RewardError", "RewardResult", "RewardRunner", "check_spec", "get_reward", "register_reward"]
