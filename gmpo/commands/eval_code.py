@@ -17,8 +17,9 @@ def add_code_arguments(p: argparse.ArgumentParser) -> None:
                         "fallback: session + rlimits + unprivileged uid + namespaces where permitted)")
     p.add_argument("--sandbox-workers", type=int, default=0,
                    help="code benchmarks: programs run in parallel (0 = the CPU count)")
-    p.add_argument("--code-timeout", type=float, default=10.0,
-                   help="code benchmarks: wall seconds allowed per program (then: timeout, scored wrong)")
+    p.add_argument("--code-timeout", type=float, default=0.0,
+                   help="code benchmarks: wall seconds allowed per program, then: timeout, scored wrong (0 = 10 s "
+                        "for model completions, 30 s for --check-grader's reference solutions)")
 
 
 def split_benchmarks(spec: str) -> tuple[list[str], str]:
@@ -45,7 +46,7 @@ def check_code(args, names: list[str]) -> tuple[int, dict]:
     with _pool(args) as pool:
         print(f"sandbox: {pool.isolation.describe()}; {pool.workers} workers", file=sys.stderr)
         report = check_code_grader(names, args.data_dir, args.limit, args.humaneval_file, pool=pool,
-                                   timeout=args.code_timeout)
+                                   timeout=args.code_timeout or 30.0)
     print("| benchmark | reference solutions | pass | fail | wall s | programs/s |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in report.items():
@@ -79,7 +80,7 @@ def eval_code(args, names: list[str], model, tokenizer, engine, bf16: bool) -> d
                                template=args.template, system_prompt=args.system_prompt, samples=args.samples,
                                temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                batch_size=args.batch_size, engine=engine, bf16=bf16, records_path=records,
-                               timeout=args.code_timeout, pool=pool, progress=not args.no_progress)
+                               timeout=args.code_timeout or 10.0, pool=pool, progress=not args.no_progress)
     report["records"] = str(records)
     print(markdown_table({k: {m: v for m, v in d.items() if m != "n"} for k, d in report["benchmarks"].items()},
                          {k: d["n"] for k, d in report["benchmarks"].items()}))
