@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as dt
 import os
 import platform
@@ -305,9 +306,12 @@ def build_trl(args, cfg, model, tok, dataset, reward, device: torch.device, out_
         adam_beta2=cfg.optim.betas[1], adam_epsilon=cfg.optim.adam_eps, max_grad_norm=cfg.optim.max_grad_norm,
         max_steps=args.steps, beta=0.0, epsilon=eps[0], epsilon_high=eps[1], scale_rewards="group",
         shuffle_dataset=False, seed=cfg.train.seed, logging_steps=1, save_strategy="no", report_to="none",
-        gradient_checkpointing=False, use_cpu=device.type == "cpu", disable_tqdm=True, log_completions=False,
+        use_cpu=device.type == "cpu", disable_tqdm=True, log_completions=False,
         dataloader_num_workers=0, remove_unused_columns=False,
     )
+    # checkpointing off; transformers >= 5.2x renamed the argument (the old name warns), older ones lack the new
+    names = {f.name for f in dataclasses.fields(GMPOConfig)}
+    common["activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"] = False
     order = ["bf16", "fp32"] if args.trl_dtype == "bf16" else ["fp32"]
     last = None
     for prec in order:
