@@ -1,7 +1,6 @@
 """Model registry: round trip, copies verified by sha256, alias moves and history, two processes moving one
 alias concurrently, kill -9 during `add` at named points and at varied delays (issue 11)."""
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -146,8 +145,9 @@ def test_concurrent_alias_moves_serialize(reg, tiny_model_dir):
     assert interleaved >= 1  # both processes really ran at the same time
     from gmpo.cli import main
 
-    assert main(["registry", "--registry", str(reg.path), "alias", "set", "tiny@production", "2"]) == 0
-    assert reg.alias_version("tiny") == 2 and reg.history("tiny")[-1]["reason"] == "alias set"
+    target = 1 + hist[-1]["new_version"] % 3  # a version production does not name now
+    assert main(["registry", "--registry", str(reg.path), "alias", "set", "tiny@production", str(target)]) == 0
+    assert reg.alias_version("tiny") == target and reg.history("tiny")[-1]["reason"] == "alias set"
     assert main(["registry", "--registry", str(reg.path), "list"]) == 0
     assert main(["registry", "--registry", str(reg.path), "history", "tiny"]) == 0
     assert main(["registry", "--registry", str(reg.path), "show", "tiny@9"]) == 1

@@ -66,7 +66,7 @@ def _ts(t: float) -> str:
 
 
 def _fingerprint(paths: str) -> str:
-    from gmpo.runs.model_registry import sha256_file
+    from gmpo.runs.store import sha256_file
 
     parts = [f"{Path(p).name} {sha256_file(Path(p))}" for p in paths.split(",") if p.strip()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest() if len(parts) > 1 else parts[0].split()[1]

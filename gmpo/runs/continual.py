@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 import yaml
 
-from gmpo.runs.model_registry import CANDIDATE, PRODUCTION, ModelRegistry, RegistryError, atomic_write, sha256_file
+from gmpo.runs.model_registry import CANDIDATE, PRODUCTION, ModelRegistry, RegistryError
+from gmpo.runs.store import atomic_write, sha256_file
 from gmpo.runs.validate import SUFFIXES, ValidateConfig, validate_batch
 
 FINAL = ("promoted", "rejected")

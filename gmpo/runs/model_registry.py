@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import json
 import os
 import re
@@ -34,12 +33,13 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
+
+from gmpo.runs.store import StoreError, copy_verified, fsync_path, model_files, sha256_file, weights_digest
 
 PRODUCTION, PREVIOUS, CANDIDATE = "production", "previous", "candidate"
+__all__ = ["AliasConflict", "ModelRegistry", "ModelVersion", "RegistryError", "default_path", "parse_ref"]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# files a version keeps: the weights, configs, tokenizer; never optimizer/trainer state
-_SKIP_FILES = {"trainer_state.pt", "meta.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (name TEXT NOT NULL, version INTEGER NOT NULL, path TEXT NOT NULL,
@@ -125,65 +125,6 @@ def parse_ref(ref: str) -> tuple[str, str | int]:
     if re.fullmatch(r"v?\d+", what):
         return name, int(what.lstrip("v"))
     return name, _check_name(what, "alias")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def weights_digest(files: dict[str, list]) -> str:
-    """The version's sha256: of its one safetensors file, or of ``"name sha\\n"`` lines when sharded."""
-    st = sorted((n, v[1]) for n, v in files.items() if n.endswith(".safetensors"))
-    if len(st) == 1:
-        return st[0][1]
-    return hashlib.sha256("".join(f"{n} {s}\n" for n, s in st).encode()).hexdigest()
-
-
-def model_files(src: Path) -> list[Path]:
-    """The files of a model directory a version keeps (weights, configs, tokenizer; no trainer state).
-
-    Raises RegistryError unless it is a complete Hugging Face model with safetensors weights; a gmpo
-    checkpoint must carry its ``meta.json`` (written last), and a LoRA checkpoint is taken from ``merged/``.
-    """
-    if not src.is_dir():
-        raise RegistryError(f"{src}: not a directory (register a model directory written by save_pretrained)")
-    if (src / "adapter_model.safetensors").is_file():
-        if not (src / "merged" / "config.json").is_file():
-            raise RegistryError(f"{src}: a LoRA adapter without merged/; register a merged model directory")
-        return model_files(src / "merged")
-    if src.name.startswith("step_") and (src.parent.name == "checkpoints") and not (src / "meta.json").is_file():
-        raise RegistryError(f"{src}: checkpoint without meta.json: incomplete (still being written or crashed)")
-    if not (src / "config.json").is_file():
-        raise RegistryError(f"{src}: no config.json, not a Hugging Face model directory")
-    files = sorted(p for p in src.iterdir() if p.is_file() and p.name not in _SKIP_FILES and not p.name.startswith("."))
-    if not any(p.suffix == ".safetensors" for p in files):
-        raise RegistryError(f"{src}: no *.safetensors weights (save with save_pretrained(safe_serialization=True))")
-    return files
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` via a fsynced temporary file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
 
 
 def _row_to_version(row: sqlite3.Row, aliases: list[str] | None = None) -> ModelVersion:
@@ -319,7 +260,10 @@ class ModelRegistry:
         if alias:
             _check_name(alias, "alias")
         src = Path(path).expanduser().resolve()
-        files = model_files(src)
+        try:
+            files = model_files(src)
+        except StoreError as e:
+            raise RegistryError(str(e)) from None
         if parent is not None:
             self.get(name, parent)
         dest_root = self.root / "models" / name
@@ -328,11 +272,14 @@ class ModelRegistry:
         tmp = dest_root / f".tmp-{uid}"
         tmp.mkdir()
         try:
-            manifest = self._copy_verified(files, tmp)
+            manifest = copy_verified(files, tmp)
             crashpoint("add:copied")
             final = dest_root / uid
             os.rename(tmp, final)
-            _fsync(dest_root)
+            fsync_path(dest_root)
+        except StoreError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RegistryError(str(e)) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -353,20 +300,6 @@ class ModelRegistry:
             shutil.rmtree(final, ignore_errors=True)
             raise
         return self.get(name, version)
-
-    @staticmethod
-    def _copy_verified(files: list[Path], tmp: Path) -> dict[str, list]:
-        """Copy `files` into `tmp`, fsync, hash; raise if a safetensors copy differs from its source."""
-        manifest: dict[str, list] = {}
-        for f in files:
-            shutil.copyfile(f, tmp / f.name)
-            _fsync(tmp / f.name)
-            digest = sha256_file(tmp / f.name) if f.suffix == ".safetensors" else None
-            if digest is not None and digest != sha256_file(f):
-                raise RegistryError(f"{f} changed while it was being copied (sha256 mismatch): retry once it is final")
-            manifest[f.name] = [(tmp / f.name).stat().st_size, digest]
-        _fsync(tmp)
-        return manifest
 
     def _move(self, con: sqlite3.Connection, name: str, alias: str, version: int | None, reason: str) -> None:
         """Inside a transaction: point `alias` at `version` (None deletes it) and record the move."""

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from gmpo.runs.gate import Gate, decide, load_gate, set_rows
-from gmpo.runs.model_registry import (PREVIOUS, PRODUCTION, AliasConflict, ModelRegistry, RegistryError,
-                                      atomic_write, crashpoint)
+from gmpo.runs.model_registry import PREVIOUS, PRODUCTION, AliasConflict, ModelRegistry, RegistryError, crashpoint
+from gmpo.runs.store import atomic_write
 
 N_EXAMPLES = 3  # completions per set quoted in the report
 
