@@ -8,11 +8,11 @@ an eval every 100 steps, 2 samples a step, guard events; ~80 MB of jsonl for 30,
 and reused), starts `python -m gmpo.dashboard RUN` on a free loopback port, and measures:
 
 - ingest: seconds the server spends reading the run before it answers (printed by the server);
-- first paint: a fresh Chromium page (Debian's chromium via Playwright) from navigation to every chart, the
-  heat-map, the headline and the sample table drawn (``window.__dash.firstPaintMs``, on the page's clock), and
+- first paint: a fresh Chromium page (Debian's chromium via Playwright) from navigation to the 15 training
+  charts, the heat-map and the headline drawn (``window.__dash.firstPaintMs``, on the page's clock), and
   the browser's first-contentful-paint; median over --loads fresh pages;
 - payload: bytes and server time of the page's one /api/charts request (all 15 charts, downsampled);
-- live updates: --appends times, one new step is appended to metrics.jsonl while the page is open and the
+- live updates: --appends times (RSS sampled every 10), one new step is appended to metrics.jsonl while the page is open and the
   time until the reward chart shows it is taken (poll interval 1 s, so ~0.5-1.5 s is expected);
 - server memory: VmRSS after the ingest, after the page loads and after the appends, and the peak (VmHWM).
 
@@ -116,12 +116,13 @@ def page_load(browser, base: str) -> dict:
     return out
 
 
-def live_updates(page, run: Path, n: int, start_step: int) -> list[float]:
-    """Append `n` steps one at a time; seconds until each shows on the reward chart's last x."""
+def live_updates(page, run: Path, n: int, start_step: int, pid: int) -> tuple[list[float], list[float]]:
+    """Append `n` steps one at a time; seconds until each shows on the reward chart's last x, and the
+    server's RSS (MB) after every 10 appends."""
     import numpy as np
 
     rng = np.random.default_rng(1)
-    lat = []
+    lat, rss = [], []
     for i in range(n):
         step = start_step + i + 1
         rec = metrics_record(step, rng, steps=step, tokens=256)
@@ -134,14 +135,16 @@ def live_updates(page, run: Path, n: int, start_step: int) -> list[float]:
                 raise TimeoutError(f"step {step} did not show within 30 s")
             time.sleep(0.02)
         lat.append(time.perf_counter() - t)
-    return lat
+        if (i + 1) % 10 == 0:
+            rss.append(round(proc_kb(pid, "VmRSS") / 1024, 1))
+    return lat, rss
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30_000, help="steps of the synthetic run (default 30000)")
     ap.add_argument("--loads", type=int, default=3, help="fresh page loads to time (default 3)")
-    ap.add_argument("--appends", type=int, default=10, help="live appends to time (default 10)")
+    ap.add_argument("--appends", type=int, default=40, help="live appends to time (default 40)")
     ap.add_argument("--workdir", default=None, help="where the run is generated and kept (default: a temp dir, deleted)")
     ap.add_argument("--append-results", action="store_true", help="append the figures to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
@@ -181,7 +184,7 @@ def main(argv=None) -> int:
                     r["ctx"].close()
             rss["after page loads"] = proc_kb(proc.pid, "VmRSS")
             last = loads[-1]
-            lat = live_updates(last["page"], live, args.appends, args.steps)
+            lat, rss_trend = live_updates(last["page"], live, args.appends, args.steps, proc.pid)
             rss["after live appends"] = proc_kb(proc.pid, "VmRSS")
             browser.close()
         hwm = proc_kb(proc.pid, "VmHWM")
@@ -199,6 +202,7 @@ def main(argv=None) -> int:
         "heatmap_columns": loads[-1]["heatCols"], "charts_payload_kb": round(charts_kb, 1), "charts_request_s": round(charts_s, 3),
         "live_update_s_median": round(statistics.median(lat), 3), "live_update_s_max": round(max(lat), 3),
         "rss_mb": {k: round(v / 1024, 1) for k, v in rss.items()}, "peak_rss_mb": round(hwm / 1024, 1),
+        "rss_mb_every_10_appends": rss_trend,
         "console_errors": sum(len(r["errors"]) for r in loads), "external_requests": sum(len(r["external"]) for r in loads),
         "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in load_after],
         "cpu": f"{cpu_name()}, {os.cpu_count()} cores",
@@ -227,8 +231,10 @@ Machine: {r['cpu']}; load average {' '.join(map(str, r['load_avg_before']))} bef
 |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 | {r['first_paint_s']:.2f} s | {', '.join(f'{x:.2f}' for x in r['first_paint_all_s'])} s | {r['fcp_s']:.2f} s | {r['server_start_s']:.1f} s | {r['ingest_s']:.1f} s | {r['charts_payload_kb']:.0f} kB in {r['charts_request_s']:.2f} s | {r['max_chart_points']} | {r['heatmap_columns']} | {r['live_update_s_median']:.2f} / {r['live_update_s_max']:.2f} s | {rss['after ingest']:.0f} / {rss['after page loads']:.0f} / {rss['after live appends']:.0f} MB | {r['peak_rss_mb']:.0f} MB |
 
-First paint: navigation to every chart, the heat-map, the headline and the sample table drawn (the page's
-`window.__dash.firstPaintMs`). Console errors: {r['console_errors']}; external requests: {r['external_requests']}.
+First paint: navigation to the 15 training charts, the heat-map and the headline drawn (the page's
+`window.__dash.firstPaintMs`; the comparison table, samples and serving panel follow). Server RSS every 10 live
+appends: {', '.join(map(str, r['rss_mb_every_10_appends']))} MB. Console errors: {r['console_errors']}; external
+requests: {r['external_requests']}.
 """
     with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
         f.write(text)

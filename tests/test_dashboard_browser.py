@@ -161,7 +161,8 @@ def test_appended_step_and_alert_show_live_without_reload(page, fixture_runs, se
                            timeout=10)
     elapsed = time.time() - t
     assert elapsed < 5.0, f"the new step took {elapsed:.1f} s to show"
-    assert page.evaluate("window.__noReload") == 1 and page.evaluate("window.__dash.refreshes") > refreshes
+    _wait(page, f"window.__dash.refreshes > {refreshes}")  # the rest of that refresh (samples, serving) finished
+    assert page.evaluate("window.__noReload") == 1
     assert page.locator('.heat[data-run="0"]').get_attribute("data-cols") == "61"
     assert "step 61" in page.locator("#live").inner_text()
     assert _points(page)["entropy"] == 60  # step 61 logged no entropy: that chart keeps its 60 points

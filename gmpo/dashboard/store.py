@@ -21,6 +21,7 @@ import re
 import threading
 from collections import deque
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import yaml
@@ -177,7 +178,7 @@ class RunStore:
     """One run directory, read incrementally. Thread-safe: :attr:`lock` guards every read and refresh."""
 
     def __init__(self, run_dir: str | Path, run_id: int, *, max_rows: int = 200_000, max_samples: int = 20_000,
-                 max_alerts: int = 10_000, chunk_bytes: int = 16 << 20):
+                 max_alerts: int = 10_000, chunk_bytes: int = 4 << 20):
         self.path = Path(run_dir)
         if not self.path.is_dir():
             raise FileNotFoundError(f"{self.path}: not a directory (expected a gmpo run directory)")
@@ -227,44 +228,45 @@ class RunStore:
         return None
 
     # -- tailing --------------------------------------------------------------------------------
-    def _read(self, fname: str) -> tuple[list[dict], bool]:
-        """Every complete record appended to `fname` since the last call, and whether the file restarted
-        (then the records are the new file's, from its start)."""
+    def _chunks(self, fname: str) -> Iterator[tuple[list[dict], bool]]:
+        """The complete records appended to `fname` since the last call, one read chunk at a time (memory
+        stays at one chunk's records), each with whether the file restarted first (truncated or replaced:
+        then what the caller holds from this file is void and the records are the new file's, from its start)."""
         tail = self._tails[fname]
-        recs: list[dict] = []
-        reset = False
         while True:
             offset, resets = tail.offset, tail.resets
             got = tail.read()
-            if tail.resets != resets:  # truncated or replaced: what we had is void
-                reset, recs, offset = True, [], 0
-            recs.extend(got)
-            if tail.offset - offset < tail.max_bytes:  # a short chunk: caught up with the writer
-                return recs, reset
+            reset = tail.resets != resets
+            if got or reset:
+                yield got, reset
+            if tail.offset - (0 if reset else offset) < tail.max_bytes:  # a short chunk: caught up with the writer
+                return
 
     def refresh(self) -> bool:
         """Read what was appended since the last call; True when anything changed."""
         with self.lock:
             changed = False
-            recs, reset = self._read(METRICS)
-            if reset:
-                self.table, self.restarts, changed = Columns(), self.restarts + 1, True
-            recs = [r for r in recs if r.get("step").__class__ in (int, float)]
-            for i in range(0, len(recs), self.max_rows // 2 or 1):  # thin between blocks: memory stays bounded
-                self.table.add_many(recs[i: i + self.max_rows // 2 or 1])
-                while self.table.n > self.max_rows:
-                    self.table.thin()
-            changed |= bool(recs)
-            for fname, store in ((ALERTS, self.alerts), (SAMPLES, self.samples)):
-                got, reset = self._read(fname)
+            for recs, reset in self._chunks(METRICS):
                 if reset:
-                    store.clear()
+                    self.table, self.restarts = Columns(), self.restarts + 1
+                recs = [r for r in recs if r.get("step").__class__ in (int, float)]
+                block = max(1, self.max_rows // 2)
+                for i in range(0, len(recs), block):  # thin between blocks: memory stays bounded
+                    self.table.add_many(recs[i: i + block])
+                    while self.table.n > self.max_rows:
+                        self.table.thin()
+                changed = True
+            for fname, store in ((ALERTS, self.alerts), (SAMPLES, self.samples)):
+                for got, reset in self._chunks(fname):
+                    if reset:
+                        store.clear()
+                        if fname == SAMPLES:
+                            self.n_samples_seen = 0
+                    if fname == SAMPLES:
+                        got = [_trim_sample(s) for s in got]
+                        self.n_samples_seen += len(got)
+                    store.extend(got)
                     changed = True
-                if fname == SAMPLES:
-                    got = [_trim_sample(s) for s in got]
-                    self.n_samples_seen += len(got)
-                store.extend(got)
-                changed |= bool(got)
             if changed:
                 self.version += 1
             return changed

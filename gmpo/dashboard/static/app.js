@@ -74,7 +74,7 @@
       const color = multi ? runColor(s.run) : PALETTE[(mi + (metrics.length === 1 ? s.run : 0)) % PALETTE.length];
       const base = multi ? (runName(s.run) + " " + short(metric)).trim() : metric;
       if (s.role === "line") {
-        series.push({ label: base, color, dash: multi ? DASHES[mi % DASHES.length] : [], data: s.data, points: c.def.id === "accuracy" });
+        series.push({ label: base, color, dash: multi ? DASHES[mi % DASHES.length] : [], data: s.data, points: c.def.id === "accuracy" && payload.x.length <= 80 });
       } else {
         series.push({ label: `${multi ? runName(s.run) + " " : ""}95% ${s.role === "lo" ? "low" : "high"}`, color: color + "66", width: 0.8, data: s.data });
       }
@@ -275,7 +275,8 @@
   }
 
   async function init() {
-    D.meta = await api("/api/meta");
+    const embedded = document.getElementById("gd-meta");  // inert JSON the server put in the page
+    D.meta = embedded ? JSON.parse(embedded.textContent) : await api("/api/meta");
     D.version = D.meta.status.version;
     buildRunsBar();
     buildCharts();

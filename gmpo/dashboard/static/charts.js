@@ -128,11 +128,13 @@
 
   // -- heat-map ------------------------------------------------------------------------------------
   const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
-  function viridis(t) {
+  function viridisRGB(t) {
     t = Math.max(0, Math.min(1, t)) * (VIRIDIS.length - 1);
     const i = Math.min(Math.floor(t), VIRIDIS.length - 2), f = t - i, a = VIRIDIS[i], b = VIRIDIS[i + 1];
-    return `rgb(${Math.round(a[0] + f * (b[0] - a[0]))},${Math.round(a[1] + f * (b[1] - a[1]))},${Math.round(a[2] + f * (b[2] - a[2]))})`;
+    return [0, 1, 2].map((c) => Math.round(a[c] + f * (b[c] - a[c])));
   }
+  const LUT = Array.from({ length: 256 }, (_, i) => viridisRGB(i / 255));  // colour of each level
+  const viridis = (t) => { const c = viridisRGB(t); return `rgb(${c[0]},${c[1]},${c[2]})`; };
 
   class HeatMap {
     constructor(parent, run, color) {
@@ -194,13 +196,22 @@
         const gaps = r === 0 ? 0 : (r === nb - 1 ? 2 * g.gap : g.gap);
         return g.T + ph - (r + 1) * rowH - gaps;
       };
+      // one pixel per cell in an offscreen image (row 0 = overflow at the top), scaled up without smoothing
+      const img = new ImageData(this.cols, nb);
       for (let i = 0; i < this.cols; i++) {
-        const col = p.z[i], x = g.L + i * colW;
+        const col = p.z[i];
         for (let r = 0; r < nb; r++) {
-          ctx.fillStyle = viridis(Math.sqrt(col[r] / zmax));
-          ctx.fillRect(x, rowY(r), colW + 0.5, rowH + 0.5);
+          const c = LUT[Math.round(255 * Math.sqrt(col[r] / zmax))], o = ((nb - 1 - r) * this.cols + i) * 4;
+          img.data[o] = c[0]; img.data[o + 1] = c[1]; img.data[o + 2] = c[2]; img.data[o + 3] = 255;
         }
       }
+      const off = document.createElement("canvas");
+      off.width = this.cols; off.height = nb;
+      off.getContext("2d").putImageData(img, 0, 0);
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(off, 0, 0, this.cols, 1, g.L, rowY(nb - 1), pw, rowH);  // overflow, l > hi
+      ctx.drawImage(off, 0, 1, this.cols, nb - 2, g.L, rowY(nb - 2), pw, (nb - 2) * rowH);  // the 40 bins
+      ctx.drawImage(off, 0, nb - 1, this.cols, 1, g.L, rowY(0), pw, rowH);  // underflow, l <= lo
       const lo = p.edges.lo, hi = p.edges.hi;
       const yOf = (l) => rowY(1) + rowH - (l - lo) / (hi - lo) * (nb - 2) * rowH;
       ctx.fillStyle = "#6b7280"; ctx.font = "11px system-ui, sans-serif"; ctx.textAlign = "right"; ctx.textBaseline = "middle";
