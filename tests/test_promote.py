@@ -176,3 +176,18 @@ def test_kill9_during_promote(lifecycle, tmp_path):
         assert len(reg.reports("tiny")) == int(moved)  # the report row commits with the moves, or not at all
         AutoModelForCausalLM.from_pretrained(reg.resolve("tiny@production").path)
         reg.close()
+
+
+def test_benchmark_sets_pair_item_by_item(shared_data, tiny_model_dir):
+    """A `gmpo eval` benchmark as a gate set: per-problem verdicts from its grader, and its problems count as
+    gate prompts for the contamination check."""
+    from gmpo.runs.gate import gate_prompts
+    from gmpo.runs.promotion import evaluate_model
+
+    gate = parse_gate({"sets": {"gsm8k": {"benchmark": "gsm8k", "data_dir": str(shared_data), "size": 3}},
+                       "decoding": {"max_new_tokens": 4}})
+    prompts = gate_prompts(gate)["gsm8k"]
+    assert len(prompts) == 3 and any(p.startswith("janet’s ducks lay 16 eggs per day") for p in prompts)
+    verdicts, extra = evaluate_model(str(tiny_model_dir), gate)
+    assert verdicts == {"gsm8k": [False, False, False]}  # a random model: wrong, but graded per problem
+    assert extra["examples"]["gsm8k"][0]["answer"] == "18"
