@@ -85,7 +85,11 @@ def test_errors_name_the_problem(reg, tiny_model_dir, tmp_path):
         reg.add(half, "tiny")
     (half / "meta.json").write_text("{}")
     (half / "trainer_state.pt").write_bytes(b"optimizer state")
-    mv = reg.add(half, "tiny")
+    from gmpo.cli import main
+
+    assert main(["registry", "--registry", str(reg.path), "add", str(tmp_path / "run"), "--name", "tiny"]) == 0
+    mv = reg.resolve("tiny@2")  # the run directory's newest complete checkpoint, its run directory recorded
+    assert mv.source == str(half) and mv.run_dir == str(tmp_path / "run")
     assert "trainer_state.pt" not in mv.files and "meta.json" not in mv.files
 
 
@@ -128,8 +132,11 @@ _MOVER = textwrap.dedent("""
 
 
 def test_concurrent_alias_moves_serialize(reg, tiny_model_dir):
-    for _ in range(3):
-        reg.add(tiny_model_dir, "tiny")
+    adds = [subprocess.Popen(verb_cmd("registry", "--registry", reg.path, "add", tiny_model_dir, "--name", "tiny"))
+            for _ in range(2)]  # two adds at once: distinct versions, both complete
+    assert [p.wait(timeout=120) for p in adds] == [0, 0]
+    reg.add(tiny_model_dir, "tiny")
+    assert [v.version for v in reg.versions("tiny")] == [1, 2, 3] and reg.check()["problems"] == []
     n, start = 40, time.time() + 1.5
     procs = [subprocess.Popen([sys.executable, "-c", _MOVER, str(reg.path), who, str(start), str(n), str(k)])
              for k, who in enumerate(["A", "B"])]

@@ -6,15 +6,19 @@ reported with file, row and field and quarantined into <work_dir>/quarantine/), 
 guarded training steps: any guard skip/rollback/stop fails it), incremental training from production,
 registration as a candidate, and the gate (`gmpo promote`): promoted or rejected. Every cycle is recorded
 in the registry; re-running resumes where a cycle stopped, and a finished batch is never processed again.
+A batch is identified by its content (sha256): write batch files elsewhere and move them into --incoming
+when complete (a rename), so a half-written file is never picked up.
 
 examples:
   gmpo continual configs/continual_arithmetic.yaml --incoming data/incoming
   gmpo continual configs/continual_arithmetic.yaml --incoming data/incoming --registry /tmp/reg.db --max-cycles 1
+  gmpo continual configs/continual_arithmetic.yaml --incoming data/incoming --watch 300   # poll every 5 min
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from gmpo.commands.registry import add_registry_option
 
@@ -25,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "(see configs/continual_arithmetic.yaml)")
     p.add_argument("--incoming", required=True, help="directory of data batches, one cycle per file")
     p.add_argument("--max-cycles", type=int, default=0, help="stop after this many cycles (0 = every new batch)")
+    p.add_argument("--watch", type=float, default=0.0,
+                   help="after the new batches are done, poll --incoming every this many seconds for more "
+                        "(0 = exit; stop a watcher with Ctrl-C or SIGTERM: an interrupted cycle resumes next time)")
     add_registry_option(p)
 
 
@@ -43,11 +50,26 @@ def run(args) -> int:
     try:
         loop = ContinualLoop(load_continual(args.config), reg)
         cycles = loop.run(args.incoming, args.max_cycles)
+        while args.watch > 0:
+            before = [(c["sha256"], c["state"]) for c in cycles]
+            time.sleep(args.watch)
+            cycles = loop.run(args.incoming, args.max_cycles)
+            if [(c["sha256"], c["state"]) for c in cycles] != before:
+                _print_table(cycles)
     except (RegistryError, GateError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
     finally:
         reg.close()
+    _print_table(cycles)
+    return 0
+
+
+def _print_table(cycles: list[dict]) -> None:
+    """The cycle records as a markdown table, then the gate report paths."""
     print("\n| batch | state | candidate | base | decision | validate s | probe s | train s | gate s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for c in cycles:
@@ -58,4 +80,3 @@ def run(args) -> int:
     for c in cycles:
         if c["details"].get("report_md"):
             print(f"gate report ({c['batch']}): {c['details']['report_md']}")
-    return 0

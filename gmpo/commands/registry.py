@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_registry_option(p)
     sub = p.add_subparsers(dest="action", metavar="ACTION")
     a = sub.add_parser("add", help="copy a model directory into the registry as a new version")
-    a.add_argument("path", help="a model directory (save_pretrained output or a gmpo checkpoint step_NNNNNN)")
+    a.add_argument("path", help="a model directory (save_pretrained output or a gmpo checkpoint step_NNNNNN), or a "
+                                "run directory: its newest complete checkpoint")
     a.add_argument("--name", required=True, help="model name (letters, digits, . _ -)")
     a.add_argument("--parent", type=int, default=None, help="the version it was trained from")
     a.add_argument("--run-dir", default=None, help="the training run directory (default: inferred from a checkpoint)")
@@ -76,6 +77,15 @@ def _add(reg, args) -> int:
     import yaml
 
     src = Path(args.path)
+    if not (src / "config.json").is_file() and (src / "checkpoints").is_dir():  # a run directory
+        from gmpo.runs.checkpoint import checkpoint_dirs
+
+        found = checkpoint_dirs(src / "checkpoints")
+        if not found:
+            print(f"error: {src}/checkpoints has no complete checkpoint (one with meta.json)", file=sys.stderr)
+            return 1
+        src = found[-1]
+        print(f"{args.path}: registering its newest complete checkpoint {src}")
     run_dir = args.run_dir
     if run_dir is None and src.parent.name == "checkpoints":
         run_dir = str(src.parent.parent)
