@@ -157,7 +157,7 @@ def _classify(iso: Isolation, rc: int, why: str, stderr: str, limits: Limits) ->
     tail = stderr.rstrip().rsplit("\n", 1)[-1] if stderr.strip() else ""
     if sig:
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and "CPU" in why):
+        if sig == signal.SIGXCPU:
             return TIMEOUT, f"CPU limit ({limits.cpu_seconds} s): {name}"
         if "MemoryError" in stderr:
             return MEMORY, f"{name} after MemoryError"
@@ -208,8 +208,9 @@ def run_in(iso: Isolation, program: Program | str, slot: int = 0, limits: Limits
             proc.wait()
             proc.stdout.close()
             proc.stderr.close()
-        # bubblewrap: the pid namespace dies with the program (the kernel kills and reaps every process in
-        # it before its init exits), so the uid sweep is only needed when the runner killed the sandbox
+        # bubblewrap: when the program ends, the sandbox's init exits and the kernel kills and reaps every
+        # process of its pid namespace first; when the runner killed bubblewrap, the init only learns of it
+        # through its parent-death signal and the namespace is torn down asynchronously: sweep the uid then
         if uid is not None and (iso.mode != "bubblewrap" or proc is None or why):
             kill_uid(uid)
         files = _collect(workdir, program.collect, limits.output_bytes) if proc is not None else {}
