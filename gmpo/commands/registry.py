@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     hi.add_argument("--alias", default=None, help="only this alias")
     ck = sub.add_parser("check", help="verify every version's files and every alias (exit 1 on a problem)")
     ck.add_argument("--gc", action="store_true", help="delete orphan store directories left by interrupted adds")
+    ck.add_argument("--gc-min-age", type=float, default=600.0,
+                    help="only orphans older than this many seconds (spares an add in progress; default %(default)s)")
     ck.add_argument("--fast", action="store_true", help="sizes only, no sha256")
 
 
@@ -148,7 +150,7 @@ def _check(reg, args) -> int:
     for o in res["orphans"]:
         print(f"orphan (interrupted add): {o}")
     if args.gc:
-        for d in reg.collect_garbage():
+        for d in reg.collect_garbage(args.gc_min_age):
             print(f"removed {d}")
     print(f"{len(res['problems'])} problem(s), {len(res['orphans'])} orphan(s)")
     return 1 if res["problems"] else 0

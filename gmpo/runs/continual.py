@@ -8,7 +8,8 @@ A cycle (states in the registry's ``cycles`` table, keyed by model name and the 
    on; any guard event whose action is in ``probe.fail_on`` (read with :func:`gmpo.runs.files.read_alerts`),
    an exception or a stop fails it (``rejected``).
 3. ``probed -> trained``: incremental training from the production version pinned at the probe (resumable
-   from its checkpoints), then the final checkpoint is registered (alias ``candidate``).
+   from its checkpoints), then the final checkpoint is registered (alias ``candidate``); a run the guard
+   stopped is ``rejected`` instead.
 4. ``trained -> done``: the gate (:func:`gmpo.runs.promotion.promote`); the cycle's final state commits in
    the same transaction as the report and the alias moves, so a kill can never promote twice.
 
@@ -246,6 +247,11 @@ class ContinualLoop:
             base = self.reg.get(self.cfg.name, rec["base_version"])
             cfg = self._train_config(rec, out, base.path, d / "clean.jsonl", {"train.resume": "auto"})
             summary = GMPOTrainer(config=cfg).train()
+            if summary.get("stop_reason"):  # the guard stopped training: an unhealthy run is not a candidate
+                details = {**rec["details"], "train_s": time.perf_counter() - t0, "train_summary": summary}
+                self._set(rec["sha256"], details, state="rejected",
+                          decision=f"rejected: training stopped: {summary['stop_reason']}")
+                return
             ckpt = checkpoint_dirs(out / "checkpoints")[-1]
             mv = self.reg.add(ckpt, self.cfg.name, parent=base.version, run_dir=str(out),
                               config=json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),

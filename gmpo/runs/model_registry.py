@@ -391,10 +391,11 @@ class ModelRegistry:
                     orphans.append(str(d))
         return {"problems": problems, "orphans": orphans}
 
-    def collect_garbage(self) -> list[str]:
-        """Delete orphan store directories (see :meth:`check`); returns what was removed. Run it when no
-        ``add`` is in progress (an add in flight looks like an orphan until its row commits)."""
-        removed = self.check(deep=False)["orphans"]
+    def collect_garbage(self, min_age_s: float = 600.0) -> list[str]:
+        """Delete orphan store directories (see :meth:`check`) older than `min_age_s`; returns what was removed.
+        The age guard spares an ``add`` in flight (its directory looks like an orphan until its row commits)."""
+        now = time.time()
+        removed = [d for d in self.check(deep=False)["orphans"] if now - os.stat(d).st_mtime >= min_age_s]
         for d in removed:
             shutil.rmtree(d, ignore_errors=True)
         return removed
