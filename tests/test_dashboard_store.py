@@ -136,6 +136,10 @@ def test_tailing_partial_lines_restarts_and_rollbacks(tmp_path):
     st.refresh()
     assert st.series("reward/mean")[0].tolist() == [1, 2, 3, 4] and st.series("reward/mean")[1].tolist()[-2:] == [0.33, 0.44]
     assert st.series("eval/accuracy")[0].tolist() == []  # the dropped row took its eval with it
+    assert st.info()["algo"] is None
+    (d / "config.yaml").write_text("algorithm: {loss: grpo}\ntrain: {seed: 7}\n")  # written after we started
+    st.refresh()
+    assert (st.info()["algo"], st.info()["seed"]) == ("grpo", 7)
     truncate_jsonl(m, 2)  # resume from a step-2 checkpoint: the file is replaced
     st.refresh()
     assert st.restarts == 1 and st.series("reward/mean")[0].tolist() == [1, 2]

@@ -246,6 +246,9 @@ class RunStore:
         """Read what was appended since the last call; True when anything changed."""
         with self.lock:
             changed = False
+            if not self.config and (self.path / CONFIG).is_file():  # the trainer writes it when it starts
+                self.config = self._read_config()
+                changed = bool(self.config)
             for recs, reset in self._chunks(METRICS):
                 if reset:
                     self.table, self.restarts = Columns(), self.restarts + 1

@@ -56,7 +56,7 @@
   }
 
   class LineChart {
-    // def: {id, title, help, log_y}; opts: {time, stepped, yRange, height, onZoom, onReset}
+    // def: {id, title, help, log_y}; opts: {time, stepped, xLabel, yRange, height, noZoom, onZoom, onReset, emptyText}
     constructor(parent, def, opts) {
       this.def = def; this.opts = opts || {};
       this.el = el("div", { class: "chart", dataset: { chart: def.id } });
@@ -97,7 +97,7 @@
         scales: { x: { time: !!this.opts.time }, y: logY ? { distr: 3 } : (this.opts.yRange ? { range: this.opts.yRange } : {}) },
         axes: [{ stroke: "#6b7280", grid: { stroke: "#f1f5f9" } }, { stroke: "#6b7280", size: 56, grid: { stroke: "#f1f5f9" } }],
         legend: { live: true },
-        series: [{ label: this.opts.time ? "time" : "step" }].concat(series.map((s) => ({
+        series: [{ label: this.opts.xLabel || (this.opts.time ? "time" : "step") }].concat(series.map((s) => ({
           label: s.label, stroke: s.color, width: s.width === undefined ? 1.5 : s.width, dash: s.dash || [],
           points: { show: !!s.points, size: 5 }, spanGaps: !s.points, fill: s.fill,
           paths: this.opts.stepped ? uPlot.paths.stepped({ align: 1 }) : undefined,

@@ -10,8 +10,8 @@
 
   const DEFS = [
     { id: "serve_rps", title: "Requests / s per arm", help: "Requests per second in each time bucket, per A/B arm (or model), and errors/s (HTTP status ≥ 400 or finish_reason 'error').", time: true },
-    { id: "serve_latency", title: "Latency distribution (end to end)", help: "Histogram of latency_s (arrival to last token) of the newest requests, per arm; p50 / p90 / p99 in the table.", stepped: true },
-    { id: "serve_ttft", title: "Time to first token", help: "Histogram of ttft_s of the newest requests, per arm.", stepped: true },
+    { id: "serve_latency", title: "Latency distribution (end to end)", help: "Histogram of latency_s (arrival to last token) of the newest requests, per arm; p50 / p90 / p99 in the table.", stepped: true, xLabel: "latency (s)" },
+    { id: "serve_ttft", title: "Time to first token", help: "Histogram of ttft_s of the newest requests, per arm.", stepped: true, xLabel: "TTFT (s)" },
     { id: "serve_quality", title: "Quality per arm (circuit-breaker events marked)", help: "Mean quality score (0..1) per time bucket and arm; red marks: a breaker opened, green: it closed.", time: true, yRange: [0, 1] },
     { id: "serve_fallback", title: "Fallback rate", help: "Share of requests answered by the fallback model, per time bucket.", time: true, yRange: [0, 1] },
   ];
@@ -22,7 +22,7 @@
     const grid = el("div", { class: "grid", id: "serve-charts" });
     body.append(cards, grid);
     for (const d of DEFS) {
-      P.charts[d.id] = new LineChart(grid, d, { time: d.time, stepped: d.stepped, noZoom: true, yRange: d.yRange,
+      P.charts[d.id] = new LineChart(grid, d, { time: d.time, stepped: d.stepped, xLabel: d.xLabel, noZoom: true, yRange: d.yRange,
                                                  emptyText: "no requests in the log yet" });
     }
     window.__dash.serveCharts = P.charts;
@@ -83,7 +83,7 @@
       const hist = lat && lat[key];
       if (!hist) { P.charts[id].empty("no " + key + " values logged"); continue; }
       const edges = hist.edges, x = edges.slice(0, -1);
-      const series = arms.filter((a) => hist.arms[a]).map((a) => ({ label: a + " (s)", color: color(arms.indexOf(a)), data: hist.arms[a].counts, fill: color(arms.indexOf(a)) + "33" }));
+      const series = arms.filter((a) => hist.arms[a]).map((a) => ({ label: a + " (requests)", color: color(arms.indexOf(a)), data: hist.arms[a].counts, fill: color(arms.indexOf(a)) + "33" }));
       P.charts[id].update(x, series, [], `${lat.rows} newest requests, ${edges.length - 1} bins of ${(edges[1] * 1000).toFixed(0)} ms`, []);
     }
     table("serve-arms", ["arm / model", "requests", "latency p50", "p90", "p99", "mean", "ttft p50", "breaker"],
