@@ -158,3 +158,25 @@ def test_cli_options_after_overrides_and_missing_required(tmp_path, capsys):
     assert main(["tune", ARITH, "train.stepz=2", "--space", str(space), "--trials", "2",
                  "--out", str(tmp_path / "o")]) == 2
     assert "did you mean 'train.steps'" in capsys.readouterr().err
+
+
+def test_pruners_are_built_from_the_recipe():
+    import optuna
+
+    from gmpo.tune.study import TuneSettings, make_pruner
+
+    def pr(**kw):
+        return make_pruner(TuneSettings(config=None, space={}, trials=4, **kw), eval_every=5, steps=20)
+
+    median = pr(pruner_startup=2, pruner_warmup=3)
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._n_startup_trials, median._n_warmup_steps) == (2, 3)
+    hb = pr(pruner="hyperband")
+    assert isinstance(hb, optuna.pruners.HyperbandPruner)
+    assert (hb._min_resource, hb._max_resource) == (5, 20)  # first rung at the first evaluation
+    assert isinstance(pr(pruner="wilcoxon"), optuna.pruners.WilcoxonPruner)
+    assert isinstance(pr(pruner="patient", patience=4), optuna.pruners.PatientPruner)
+    assert isinstance(pr(pruner="none"), optuna.pruners.NopPruner)
+    assert isinstance(pr(multi_objective=True), optuna.pruners.NopPruner)  # auto: no pruning for two objectives
+    with pytest.raises(ConfigError, match="Optuna cannot prune multi-objective studies"):
+        pr(multi_objective=True, pruner="hyperband")

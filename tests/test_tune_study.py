@@ -174,20 +174,19 @@ def test_resume_after_a_kill_does_not_rerun_finished_trials(tmp_path, tiny_model
 
 def test_parallel_subprocess_trials_survive_a_segfault(tmp_path, tiny_model_dir):
     """--workers 2 --threads 2: two `gmpo train` children with one thread each run at once; the one whose reward
-    segfaults is a failed trial with the signal named, and the study goes on (journal-file storage)."""
+    segfaults is a failed trial with the signal named, the other completes (journal-file storage)."""
     space = {"optim.lr": {"log_uniform": [1e-3, 1e-2]}, "rewards.0.kwargs.crash": {"categorical": ["", "segv"]}}
     out = tmp_path / "out"
     s = TuneSettings(config=str(_recipe(tmp_path, tiny_model_dir, steps=2)), space=str(_space(tmp_path, space)),
-                     trials=3, workers=2, threads=2, executor="subprocess", pruner="none", out=str(out),
+                     trials=2, workers=2, threads=2, executor="subprocess", pruner="none", out=str(out),
                      enqueue=[{"optim.lr": 3e-3, "rewards.0.kwargs.crash": ""},
-                              {"optim.lr": 4e-3, "rewards.0.kwargs.crash": "segv"},
-                              {"optim.lr": 5e-3, "rewards.0.kwargs.crash": ""}])
+                              {"optim.lr": 4e-3, "rewards.0.kwargs.crash": "segv"}])
     res = run_study(s)
     trials = sorted(_trials(out), key=lambda t: t["number"])
     by_crash = {t["params"]["optim.lr"]: t for t in trials}
     assert by_crash[4e-3]["state"] == "FAIL" and "killed by SIGSEGV" in by_crash[4e-3]["reason"]
-    assert by_crash[3e-3]["state"] == by_crash[5e-3]["state"] == "COMPLETE"
-    assert res.counts == {"complete": 2, "fail": 1}
+    assert by_crash[3e-3]["state"] == "COMPLETE" and by_crash[3e-3]["accuracy"] is not None
+    assert res.counts == {"complete": 1, "fail": 1} and res.best_number == by_crash[3e-3]["number"]
     for t in trials:
         assert load_config(Path(t["run_dir"]) / "tune_trial.yaml").train.threads == 1
     import optuna
@@ -196,7 +195,7 @@ def test_parallel_subprocess_trials_survive_a_segfault(tmp_path, tiny_model_dir)
 
     study = optuna.load_study(study_name="recipe", storage=make_storage(str(out / "study.journal")))
     t0, t1 = study.trials[0].user_attrs, study.trials[1].user_attrs
-    assert t0["started"] < t1["finished"] and t1["started"] < t0["finished"]  # the first two overlapped
+    assert t0["started"] < t1["finished"] and t1["started"] < t0["finished"]  # the two ran at the same time
 
 
 def test_multi_objective_reports_the_pareto_front(tmp_path, tiny_model_dir):

@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -124,10 +125,12 @@ def make_pruner(s: TuneSettings, eval_every: int, steps: int):
         return median()
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, eval_every), max_resource=steps, reduction_factor=3)
-    if name == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
-    if name == "patient":
-        return optuna.pruners.PatientPruner(median(), patience=s.patience)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # both are marked experimental
+        if name == "wilcoxon":
+            return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+        if name == "patient":
+            return optuna.pruners.PatientPruner(median(), patience=s.patience)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise ConfigError(f"--pruner {name!r}: choose one of {', '.join(PRUNERS)}")
