@@ -6,11 +6,17 @@ The recipe (YAML) is read, then every ``key.path=value`` override is applied (va
 ``train.steps=5``, ``rollout.stop=[a,b]``). Unknown keys and bad values stop with a one-line message
 (exit status 2). The run directory (``train.output_dir``) receives config.yaml (the resolved config),
 metrics.jsonl, samples.jsonl, checkpoints/ and, when enabled, tb/ and alerts.jsonl.
+
+Several processes (data parallel, see docs/distributed.md): ``gmpo train --nproc N CONFIG ...`` on one
+machine, or ``torchrun --nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT ...] -m gmpo train CONFIG ...``.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+import os
+import subprocess
 
 from gmpo.config import ConfigError, describe, load_config, to_dict
 
@@ -32,7 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--dry-run", action="store_true",
                         help="build model, data, rewards and engine, print a summary, and exit without training")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="data-parallel processes on this machine (launches torchrun --standalone "
+                             "--nproc-per-node N -m gmpo train ...; default 1). Under torchrun already, leave it at 1")
     parser.epilog = _options_epilog()
+
+
+def launch(nproc: int, items: list[str]) -> int:
+    """Run `gmpo train ITEMS` as `nproc` ranks under torchrun (single machine); its exit status."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "gmpo", "train", *items]
+    print("gmpo train: launching " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    return subprocess.call(cmd)
 
 
 def split_items(items: list[str]) -> tuple[str | None, list[str]]:
@@ -62,14 +79,36 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
+    if args.nproc < 1:
+        print(f"gmpo train: error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+        return 2
+    if args.nproc > 1:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            print("gmpo train: error: --nproc under torchrun: torchrun already started the ranks", file=sys.stderr)
+            return 2
+        return launch(args.nproc, list(args.items))
     from gmpo.train import GMPOTrainer
+    from gmpo.train.dist import RankFailure, teardown
 
     try:
-        trainer = GMPOTrainer(config=cfg)
+        return _train(GMPOTrainer, cfg, args)
+    except RankFailure as e:
+        print(f"gmpo train: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        teardown()
+
+
+def _train(trainer_cls, cfg, args) -> int:
+    """Build the trainer, then dry-run or train; prints the summary (rank 0)."""
+    try:
+        trainer = trainer_cls(config=cfg)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"gmpo train: error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
+        if not trainer.is_main:
+            return 0
         n_train = sum(p.numel() for p in trainer.params)
         print(f"model: {cfg.model.name_or_path} ({trainer.n_params / 1e6:.1f}M parameters, {n_train / 1e6:.2f}M trained) "
               f"on {trainer.device}, bf16={trainer.bf16}")
@@ -79,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
               f"{trainer.updates.updates_per_batch} optimizer step(s) per rollout batch")
         return 0
     summary = trainer.train()
+    if not trainer.is_main:
+        return 0
     before, after = summary["eval_before"], summary["eval_after"]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     if summary["stop_reason"]:

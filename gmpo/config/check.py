@@ -29,6 +29,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "train.bf16": ("auto", "true", "false"),
         "train.recompute_old_logp": ("auto", "always", "never"),
         "train.reward_errors": ("raise", "zero"),
+        "train.parallel": ("ddp", "fsdp2"),
     }
     for f in dataclasses.fields(GuardConfig):
         if f.name.endswith("_action"):
@@ -60,6 +61,7 @@ def validate(cfg: Config) -> None:
         "train.steps": cfg.train.steps,
         "train.ppo_epochs": cfg.train.ppo_epochs,
         "train.micro_batch_size": cfg.train.micro_batch_size,
+        "train.dist_timeout": cfg.train.dist_timeout,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -123,11 +123,13 @@ class Guard:
         self._step_rolled_back = False  # a rollback happened during the running step
         self._stopping = False  # this guard asked the trainer to stop
         self._save_pending = False  # a stop decided mid-step: checkpoint at the step's end
+        self._main = True  # False on ranks other than 0 (set at train start): they decide but do not report
 
     # -- hook protocol --------------------------------------------------------------------------
 
     def on_train_start(self, trainer) -> None:
         """Take the first in-memory snapshot (the state training starts or resumes from)."""
+        self._main = bool(getattr(trainer, "is_main", True))
         if self.keep_snapshots:
             self.snapshot, self.snapshot_step = trainer.snapshot(), int(trainer.global_step)
 
@@ -254,18 +256,20 @@ class Guard:
         ev = {"step": int(step), "detector": detector, "value": _json_num(value), "threshold": _json_num(threshold),
               "action": action, "time": self.clock(), "message": message}
         self._console(f"step {step}: {detector}: {message} -> {action}")
-        run_dir = Path(trainer.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / ALERTS, "a") as f:
-            f.write(json.dumps(ev) + "\n")
-        if self.webhook is not None:
-            self.webhook.send(ev)
+        if self._main:  # several ranks decide alike on global statistics; rank 0 alone reports
+            run_dir = Path(trainer.run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / ALERTS, "a") as f:
+                f.write(json.dumps(ev) + "\n")
+            if self.webhook is not None:
+                self.webhook.send(ev)
         trainer.events += 1
         self.n_events += 1
         return ev
 
-    @staticmethod
-    def _console(line: str) -> None:
+    def _console(self, line: str) -> None:
+        if not self._main:
+            return
         try:
             from tqdm import tqdm
             tqdm.write(f"[gmpo guard] {line}", file=sys.stderr)

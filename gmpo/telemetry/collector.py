@@ -48,14 +48,38 @@ class Reducer:
         parts = self._cat.get(name)
         return torch.cat(parts) if parts else None
 
-    def results(self) -> dict[str, torch.Tensor]:
-        """The reduced 0-d tensors (still on the device)."""
+    def results(self, dist=None) -> dict[str, torch.Tensor]:
+        """The reduced 0-d tensors (still on the device); over every rank when `dist` (a
+        :class:`gmpo.train.dist.Dist`) is given: sums and weights summed, minima and maxima reduced."""
+        if dist is not None:
+            return self._global_results(dist)
         out: dict[str, torch.Tensor] = {}
         for k, s in self._sum.items():
             w = self._wsum[k]
             out[k] = s / w if not isinstance(w, torch.Tensor) else s / w.clamp(min=1e-12)
         out.update(self._min)
         out.update(self._max)
+        return out
+
+
+    def _global_results(self, dist) -> dict[str, torch.Tensor]:
+        """:meth:`results` over every rank: 3 all-reduces (sum, min, max); a name absent on a rank counts as
+        weight 0 / +inf / -inf there."""
+        names = dist.all_gather_object((sorted(self._sum), sorted(self._min), sorted(self._max)), "metric names")
+        means, mins, maxs = (sorted(set().union(*(n[i] for n in names))) for i in range(3))
+        dev = dist.device
+        zero = torch.zeros((), device=dev)
+        out: dict[str, torch.Tensor] = {}
+        if means:
+            sw = torch.stack([self._sum.get(k, zero).float().to(dev) for k in means]
+                             + [torch.as_tensor(self._wsum.get(k, 0.0), dtype=torch.float32).to(dev) for k in means])
+            dist.all_reduce(sw, "sum", "metric sums")
+            s, w = sw[: len(means)], sw[len(means):]
+            out.update(dict(zip(means, (s / w.clamp(min=1e-12)).unbind())))
+        for op, keys, own, fill in (("min", mins, self._min, float("inf")), ("max", maxs, self._max, float("-inf"))):
+            if keys:
+                t = torch.stack([own[k].float().to(dev) if k in own else torch.full((), fill, device=dev) for k in keys])
+                out.update(dict(zip(keys, dist.all_reduce(t, op, f"metric {op}").unbind())))
         return out
 
 
@@ -107,8 +131,15 @@ class StepMetrics:
         for k, v in values.items():
             self.add(k, v)
 
-    def resolve(self) -> dict[str, float | list[float]]:
-        """All metrics on the host: one device-to-host copy per device holding metrics (one on GPU runs)."""
+    def resolve(self, dist=None) -> dict[str, float | list[float]]:
+        """All metrics on the host: one device-to-host copy per device holding metrics (one on GPU runs).
+
+        dist (several ranks): the 0-d metrics are first reduced over ranks
+        (:meth:`gmpo.train.dist.Dist.reduce_scalars`: max / min by name, else the mean over ranks); vectors
+        must already be global. Host floats stay this rank's.
+        """
+        if dist is not None and self._tensors:
+            self._tensors = dist.reduce_scalars(self._tensors)
         out: dict[str, float | list[float]] = {}
         by_device: dict[torch.device, list[str]] = defaultdict(list)
         for k, t in self._tensors.items():

@@ -10,6 +10,13 @@ groups whose filter values differ are kept, sampling more rounds until the batch
 Seeds: round ``r`` of step ``s`` samples with ``derive_seed(seed, "rollout", s, r)``; a step retried after
 a rollback (attempt ``k >= 1``) uses ``derive_seed(seed, "rollout", s, r, "retry", k)``, so a retry does
 not replay the trajectory that failed, and the whole run stays reproducible from the seed.
+
+Several ranks (:mod:`gmpo.train.dist`): every rank reads the same prompts from the loader and samples the
+whole groups of its contiguous share, with the round's seed derived once more per rank
+(:meth:`gmpo.train.dist.Dist.rollout_seed`), so the union is reproducible for a given world size. Under
+dynamic sampling each rank fills its share (``prompts_per_step / world`` groups); the rounds are decided
+together (a rank that is full keeps reading the loader without sampling until every rank is full), so
+every rank's loader stays at the same position.
 """
 from __future__ import annotations
 
@@ -120,6 +127,7 @@ class RoundStats:
     rounds: int = 0
     groups: int = 0
     seeds: list[int] = field(default_factory=list)
+    tokens: float = 0.0  # completion tokens sampled this step, every rank (set by rollout_metrics)
 
 
 class Collector:
@@ -130,9 +138,10 @@ class Collector:
     rc: the rollout config section; pad_id / device: where the batch lives.
     """
 
-    def __init__(self, engine, loader, rewards, spec, rc, seed: int, pad_id: int, device: torch.device):
+    def __init__(self, engine, loader, rewards, spec, rc, seed: int, pad_id: int, device: torch.device, dist=None):
         self.engine, self.loader, self.rewards, self.spec, self.rc = engine, loader, rewards, spec, rc
         self.seed, self.pad_id, self.device = seed, pad_id, device
+        self.dist = dist  # a gmpo.train.dist.Dist, or None for one process
 
     def _overlong(self):
         spec, rc = self.spec, self.rc
@@ -144,30 +153,33 @@ class Collector:
     def __call__(self, step: int, attempt: int = 0) -> tuple[RolloutBatch, list[RolloutBatch], RoundStats]:
         """(the batch to train on, every round sampled, stats) for rollout step `step` (1-based)."""
         rc, spec, G, P = self.rc, self.spec, self.rc.group_size, self.rc.prompts_per_step
+        dist = self.dist
+        if dist is not None:
+            lo, hi = dist.shard(P)
+            P = hi - lo  # this rank's share of the step's groups
         overlong = self._overlong()
         rounds = 1 + (rc.max_sampling_rounds if spec.dynamic_sampling else 0)
-        seen, kept, st = [], [], RoundStats()
+        seen, kept, st, full = [], [], RoundStats(), False
         for rnd in range(rounds):
             items = self.loader.next_batch()
             seed = rollout_seed(self.seed, step, rnd, attempt)
-            st.seeds.append(seed)
-            params = SamplingParams(n=G, max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
-                                    top_k=rc.top_k, stop=list(rc.stop), entropy=True, seed=seed)
-            t = time.perf_counter()
-            b = sample(self.engine, items, params, self.pad_id, self.device)
-            t2 = time.perf_counter()
-            st.errors += score(b, self.rewards, zero_truncated=rc.truncated_reward == "zero", overlong=overlong)
-            st.gen_s += t2 - t
-            st.reward_s += time.perf_counter() - t2
-            st.rounds += 1
-            seen.append(b)
-            if not spec.dynamic_sampling:
-                kept = [b]
-                break
-            keep = presets.informative_groups(filter_values(b, spec.filter_metric), G)
-            if bool(keep.any()):
-                kept.append(b.select_groups(keep))
-            if sum(len(k.items) for k in kept) >= P:
+            if dist is not None:
+                items, seed = items[lo:hi], dist.rollout_seed(seed)
+            if not full:
+                st.seeds.append(seed)
+                b = self._sample_round(items, G, seed, overlong, st)
+                seen.append(b)
+                if not spec.dynamic_sampling:
+                    kept = [b]
+                    break
+                keep = presets.informative_groups(filter_values(b, spec.filter_metric), G)
+                if bool(keep.any()):
+                    kept.append(b.select_groups(keep))
+                full = sum(len(k.items) for k in kept) >= P
+            if dist is None:
+                if full:
+                    break
+            elif not dist.any(not full, "dynamic-sampling rounds"):  # every rank full
                 break
         if kept:
             batch = concat(kept)
@@ -178,16 +190,52 @@ class Collector:
         st.groups = len(batch.items)
         return batch, seen, st
 
+    def _sample_round(self, items: list[dict], G: int, seed: int, overlong, st: RoundStats) -> RolloutBatch:
+        """Sample and score one round of `items` x `G` with `seed`; timings and errors go to `st`."""
+        rc = self.rc
+        params = SamplingParams(n=G, max_new_tokens=rc.max_new_tokens, temperature=rc.temperature, top_p=rc.top_p,
+                                top_k=rc.top_k, stop=list(rc.stop), entropy=True, seed=seed)
+        t = time.perf_counter()
+        b = sample(self.engine, items, params, self.pad_id, self.device)
+        t2 = time.perf_counter()
+        st.errors += score(b, self.rewards, zero_truncated=rc.truncated_reward == "zero", overlong=overlong)
+        st.gen_s += t2 - t
+        st.reward_s += time.perf_counter() - t2
+        st.rounds += 1
+        return b
 
-def rollout_metrics(seen: list[RolloutBatch], st: RoundStats, group_size: int) -> dict[str, torch.Tensor | float]:
-    """reward/*, rollout/* over every completion sampled this step (all rounds), as tensors or floats."""
-    r = torch.cat([b.rewards for b in seen])  # (N_all,) on the host
-    lengths = torch.cat([b.lengths for b in seen]).float()
+
+def seen_arrays(seen: list[RolloutBatch], st: RoundStats) -> dict:
+    """The host data of every completion sampled this step (all rounds) that the rollout metrics read."""
+    return {"rewards": torch.cat([b.rewards for b in seen]), "lengths": torch.cat([b.lengths for b in seen]),
+            "truncated": torch.cat([b.truncated for b in seen]),
+            "per_fn": {name: torch.cat([b.per_fn[name] for b in seen]) for name in seen[0].per_fn},
+            "rounds": st.rounds, "groups": st.groups, "errors": st.errors}
+
+
+def merge_arrays(parts: list[dict]) -> dict:
+    """:func:`seen_arrays` of every rank (rank order) as one: the whole step's completions."""
+    cat = lambda key: torch.cat([p[key] for p in parts])  # noqa: E731
+    return {"rewards": cat("rewards"), "lengths": cat("lengths"), "truncated": cat("truncated"),
+            "per_fn": {n: torch.cat([p["per_fn"][n] for p in parts]) for n in parts[0]["per_fn"]},
+            "rounds": max(p["rounds"] for p in parts), "groups": sum(p["groups"] for p in parts),
+            "errors": sum(p["errors"] for p in parts)}
+
+
+def rollout_metrics(seen: list[RolloutBatch], st: RoundStats, group_size: int, dist=None) -> dict[str, torch.Tensor | float]:
+    """reward/*, rollout/* over every completion sampled this step (all rounds; all ranks when `dist` is
+    given: one all-gather of the host arrays), as tensors or floats; sets ``st.tokens``."""
+    a = seen_arrays(seen, st)
+    if dist is not None:
+        a = merge_arrays(dist.all_gather_object(a, "rollout metrics"))
+    r = a["rewards"]  # (N_all,) on the host
+    lengths = a["lengths"].float()
     out = {"reward/mean": r.mean(), "reward/std": r.std() if r.numel() > 1 else torch.zeros(()),
            "reward/frac_zero_std": 1.0 - presets.informative_groups(r, group_size).float().mean(),
            "rollout/len_mean": lengths.mean(), "rollout/len_min": lengths.min(), "rollout/len_max": lengths.max(),
-           "rollout/truncated_frac": torch.cat([b.truncated for b in seen]).float().mean(),
-           "rollout/sampling_rounds": st.rounds, "rollout/groups_kept": st.groups, "reward/errors": st.errors}
-    for name in seen[0].per_fn:
-        out[f"reward/{name}/mean"] = torch.cat([b.per_fn[name] for b in seen]).mean()
+           "rollout/truncated_frac": a["truncated"].float().mean(),
+           "rollout/sampling_rounds": a["rounds"], "rollout/groups_kept": a["groups"], "reward/errors": a["errors"]}
+    for name, v in a["per_fn"].items():
+        out[f"reward/{name}/mean"] = v.mean()
+    st.tokens = float(a["lengths"].sum())  # completion tokens sampled this step (every rank)
     return out

@@ -4,6 +4,10 @@ Fills ``batch.ref_logp``, adjusts ``batch.rewards`` when ``kl_in == "reward"`` (
 the sequence KL at sampling time), and sets ``batch.advantages`` (device) and ``batch.advantages_host``
 (host copy for samples.jsonl, so logging needs no device sync). Advantages follow DESIGN.md section 3
 (:func:`gmpo.algo.advantages.compute_advantages`).
+
+Several ranks: the rewards of every rank are all-gathered (N floats on the host) and the advantages are
+computed over the global batch, then each rank keeps its rows; group modes need nothing from other ranks
+(whole groups live on one rank) but get the same numbers, and the batch-level mode gets the global std.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from gmpo.train.update import no_grad_logp
 
 
 def prepare(batch: RolloutBatch, spec, policy, ref_model, forward, micro_batch_size: int, n_params: int,
-            device: torch.device) -> tuple[float, dict[str, torch.Tensor]]:
+            device: torch.device, dist=None) -> tuple[float, dict[str, torch.Tensor]]:
     """Reference log-probs, KL shaping and advantages for `batch`; returns (FLOPs spent, metrics).
 
     policy: the trained model; ref_model: a frozen copy of the initial policy, or None under LoRA (the
@@ -38,7 +42,13 @@ def prepare(batch: RolloutBatch, spec, policy, ref_model, forward, micro_batch_s
             kl = ops.masked_sum(ops.kl_penalty(batch.rollout_logp, batch.ref_logp, spec.kl_estimator), batch.mask, -1)  # (N,)
             batch.rewards = batch.rewards - spec.beta * kl.float().cpu()
             metrics["reward/kl_penalty"] = (spec.beta * kl).mean()
-    adv = compute_advantages(batch.rewards, batch.group_size, spec.advantage, spec.adv_eps)  # on the host
-    batch.advantages_host = adv.advantages  # (N,)
-    batch.advantages = adv.advantages.to(device)  # (N,)
+    if dist is None:
+        adv = compute_advantages(batch.rewards, batch.group_size, spec.advantage, spec.adv_eps).advantages  # on the host
+    else:
+        parts = dist.all_gather_object(batch.rewards, "rewards for advantages")  # [(N_r,)] in rank order
+        start = sum(p.numel() for p in parts[: dist.rank])
+        every = compute_advantages(torch.cat(parts), batch.group_size, spec.advantage, spec.adv_eps).advantages
+        adv = every[start:start + batch.n].clone()
+    batch.advantages_host = adv  # (N,)
+    batch.advantages = adv.to(device)  # (N,)
     return flops, metrics

@@ -19,6 +19,11 @@ after truncation zeroing and the overlong penalty, before KL shaping; ``policy/k
 reference policy when one exists (beta > 0), else the k3 estimate between the current and the old (sampling)
 policy; ``perf/tokens_per_s`` is completion tokens sampled per second of the whole step; ``perf/mfu`` is
 the training phase's model FLOP/s over a matmul peak measured once at start-up.
+
+Under torchrun (``WORLD_SIZE`` > 1) the trainer joins the process group (:mod:`gmpo.train.dist`): each rank
+samples its share of the step's groups, the update has global-batch semantics, metrics are reduced over
+ranks and rank 0's are broadcast (so every rank's hooks see the same values and take the same verdicts);
+only rank 0 writes the run directory (config, sinks, samples, alerts, checkpoints); evaluation is sharded.
 """
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ from gmpo.algo import presets
 from gmpo.config import Config, save_config, to_dict
 from gmpo.runs import checkpoint
 from gmpo.telemetry.collector import StepMetrics, measure_peak_flops
-from gmpo.train import build
+from gmpo.train import build, dist as distributed
 from gmpo.train.collect import Collector, rollout_metrics, sample_records
 from gmpo.train.forward import PolicyForward
 from gmpo.train.hooks import HookList, Restore
@@ -66,6 +71,11 @@ class GMPOTrainer:
         seeding.seed_everything(tc.seed)
         self.run_dir = Path(tc.output_dir)
         self.device = models.resolve_device(tc.device)
+        self.dist = distributed.setup(self.device, tc.dist_timeout)  # None for one process
+        if self.dist is not None:
+            self.device = self.dist.device
+            if tc.parallel != "ddp":
+                raise ValueError(f"train.parallel={tc.parallel!r} is not implemented yet; use train.parallel=ddp")
         self.bf16 = build.resolve_bf16(tc.bf16, self.device)
         self.spec = presets.resolve(cfg.algorithm, cfg.rollout.max_new_tokens, cfg.rollout.dynamic_sampling)
         model, self.tokenizer = build.policy_and_tokenizer(model, tokenizer, cfg.model, self.device)
@@ -77,14 +87,14 @@ class GMPOTrainer:
         self.loader = build.loader(self.train_ds, self.tokenizer, cfg)
         self.rewards, self.heldout_rewards = build.rewards(cfg, reward_funcs)
         self.collect = Collector(self.engine, self.loader, self.rewards, self.spec, cfg.rollout, tc.seed,
-                                 self.tokenizer.pad_token_id, self.device)
+                                 self.tokenizer.pad_token_id, self.device, dist=self.dist)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.n_params = sum(p.numel() for p in self.model.parameters())
         n = cfg.rollout.prompts_per_step * cfg.rollout.group_size
         mini = tc.mini_batch_size or n
         self.updates = UpdateSettings(tc.ppo_epochs, mini, tc.micro_batch_size, tc.recompute_old_logp,
                                       tc.skip_zero_advantage and self.spec.zero_advantage_inert, tc.seed,
-                                      tc.ppo_epochs * math.ceil(n / mini))
+                                      tc.ppo_epochs * math.ceil(n / mini), dist=self.dist)
         self.optimizer = build_optimizer(self.params, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, tc.steps * self.updates.updates_per_batch)
         self.tracker = build.stability_tracker()
@@ -110,9 +120,24 @@ class GMPOTrainer:
         """In-memory deep copy of weights, optimizer, scheduler, RNG, data position and step."""
         return checkpoint.snapshot(self)
 
+    @property
+    def is_main(self) -> bool:
+        """True in a single process and on rank 0 (the rank that writes the run directory)."""
+        return self.dist is None or self.dist.is_main
+
     def save_checkpoint(self) -> Path:
-        """Write a checkpoint of the current state under ``run_dir/checkpoints``; returns its directory."""
-        path = checkpoint.save(self, self.run_dir / "checkpoints", self.cfg.train.keep_checkpoints)
+        """Write a checkpoint of the current state under ``run_dir/checkpoints``; returns its directory.
+
+        Several ranks: every rank calls it at the same point; rank 0 writes (weights, optimizer and every
+        other state are identical on all ranks, so the checkpoint resumes at any world size) and the others
+        wait for it."""
+        root = self.run_dir / "checkpoints"
+        if self.is_main:
+            path = checkpoint.save(self, root, self.cfg.train.keep_checkpoints)
+        else:
+            path = root / f"step_{self.global_step:06d}"
+        if self.dist is not None:
+            self.dist.barrier("checkpoint save")
         self._saved_step = self.global_step
         return path
 
@@ -151,12 +176,17 @@ class GMPOTrainer:
 
         ec, rc = self.cfg.eval, self.cfg.rollout
         return heldout_accuracy(self.engine, self.tokenizer, self.eval_ds, self.cfg.data, self.heldout_rewards,
-                                ec.max_new_tokens or rc.max_new_tokens, rc.stop, rc.decode_batch_size)
+                                ec.max_new_tokens or rc.max_new_tokens, rc.stop, rc.decode_batch_size, dist=self.dist)
 
     def run_benchmarks(self) -> dict[str, float]:
         """Extra math benchmarks (``eval.benchmarks``) via :func:`gmpo.eval.evaluate`, as eval/<name>."""
         if not self.cfg.eval.benchmarks:
             return {}
+        if self.dist is not None:  # rank 0 runs them; every rank gets its numbers
+            return self.dist.broadcast_object(self._benchmarks() if self.is_main else None, what="benchmarks")
+        return self._benchmarks()
+
+    def _benchmarks(self) -> dict[str, float]:
         from gmpo.eval import evaluate
 
         ec, dc = self.cfg.eval, self.cfg.data
@@ -171,14 +201,17 @@ class GMPOTrainer:
         """Open the run directory and sinks, run ``on_train_start`` hooks and the initial evaluation (once)."""
         if self._started:
             return
-        from gmpo.telemetry.sinks import SamplesWriter, make_sinks
+        from gmpo.telemetry.sinks import SamplesWriter, Sinks, make_sinks
 
         cfg = self.cfg
         self._started, self._t_start = True, time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.run_dir / "config.yaml")
-        self.sinks = make_sinks(cfg.log, self.run_dir, cfg.train.steps, self.global_step, to_dict(cfg))
-        self.samples = SamplesWriter(self.run_dir / "samples.jsonl", cfg.log.samples_per_step, self.global_step)
+        main = self.is_main  # only rank 0 writes config, metrics, samples
+        if main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.sinks = make_sinks(cfg.log, self.run_dir, cfg.train.steps, self.global_step, to_dict(cfg)) if main else Sinks([])
+        self.samples = SamplesWriter(self.run_dir / "samples.jsonl", cfg.log.samples_per_step if main else 0,
+                                     self.global_step)
         self.peak_flops = measure_peak_flops(self.device, torch.bfloat16 if self.bf16 else torch.float32)
         self.hooks.on_train_start(self)
         if cfg.eval.at_start and self.global_step == 0 and self.eval_before is None:
@@ -273,7 +306,7 @@ class GMPOTrainer:
         sm = StepMetrics()
         batch.share_prompt = self.cfg.train.share_prompt_forward and not self.cfg.model.gradient_checkpointing
         flops, extra = prepare(batch, self.spec, self.model, self.ref_model, self.forward,
-                               self.cfg.train.micro_batch_size, self.n_params, self.device)
+                               self.cfg.train.micro_batch_size, self.n_params, self.device, dist=self.dist)
         sm.update(extra)
         consult = (lambda stats: self.hooks.before_optimizer_step(self, step, stats)) if self.hooks else None
         sync = lambda: self.engine.sync_weights(self.model)  # noqa: E731
@@ -284,14 +317,16 @@ class GMPOTrainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t2 = time.perf_counter()
-        sm.update(rollout_metrics(seen, rounds, self.cfg.rollout.group_size))
-        gen_tokens = float(sum(int(b.lengths.sum()) for b in seen))
+        sm.update(rollout_metrics(seen, rounds, self.cfg.rollout.group_size, self.dist))
+        gen_tokens = rounds.tokens
         sm.update({"perf/step_s": t2 - t0, "perf/rollout_s": rounds.gen_s, "perf/reward_s": rounds.reward_s,
                    "perf/train_s": t2 - t1, "perf/tokens_per_s": gen_tokens / max(t2 - t0, 1e-9),
                    "perf/rollout_tokens_per_s": gen_tokens / max(rounds.gen_s, 1e-9),
                    "perf/mfu": flops / max(t2 - t1, 1e-9) / self.peak_flops, "rollout/retry": self.rollbacks,
                    "guard/events": self.events, "optim/lr": self.optimizer.param_groups[0]["lr"]})
-        metrics = sm.resolve()  # the single host transfer of the step
+        metrics = sm.resolve(self.dist)  # the single host transfer of the step
+        if self.dist is not None:  # rank 0's view everywhere: hooks, tracker and guard decide alike on every rank
+            metrics = self.dist.broadcast_object(metrics, what="step metrics")
         restore = verdict if isinstance(verdict, Restore) else None
         # a step a hook rolls back does not enter the (restored) stability window
         metrics.update(self.tracker.compute() if restore else self.tracker.update(metrics))

@@ -8,6 +8,12 @@ gradient equals the gradient of the uncut mini-batch for every reduction.
 Old log-probs cost no forward when the policy has not moved since sampling (see :class:`OldLogp`).
 Rows with advantage exactly 0 and no KL term in the loss run no forward or backward (their loss unit and
 gradient are exactly 0; the denominators still count them).
+
+Several ranks (``UpdateSettings.dist``, see :mod:`gmpo.train.dist`): the mini-batches are cut from one
+permutation of the GLOBAL rows (the same on every rank; each rank runs the rows it holds), the denominator
+of each mini-batch is all-reduced before the first backward, and the accumulated gradients, the loss and
+the ratio extremes are summed/reduced over ranks before the optimizer step, so the update equals the
+single-process update on the same global batch whatever the world size and micro-batch split.
 """
 from __future__ import annotations
 
@@ -75,14 +81,18 @@ class OldLogp:
         self.fresh[rows] = True
         return cur
 
-    def rollout_agrees(self) -> bool:
+    def rollout_agrees(self, dist=None) -> bool:
         """Whether the rollout log-probs matched the training forward (one host sync; call once).
 
         Decided on the tokens that ran while the policy was unmoved; when none ran (every row of the first
         mini-batch was skipped as inert) nothing was compared, so the answer is no and the stale rows
         are recomputed rather than trusting engine log-probs that were never checked.
         """
-        gap_max, compared = torch.stack([self.gap_max.float(), self.gap_tokens.float()]).tolist()
+        pair = torch.stack([self.gap_max.float(), self.gap_tokens.float()])
+        if dist is not None:  # decided on every rank's tokens, so all ranks recompute (or not) alike
+            pair = torch.stack([dist.all_reduce(pair[:1].clone(), "max", "log-prob gap")[0],
+                                dist.all_reduce(pair[1:].clone(), "sum", "log-prob gap")[0]])
+        gap_max, compared = pair.tolist()
         return compared > 0 and gap_max <= LOGP_AGREE_TOL
 
     def gap_metrics(self) -> dict[str, torch.Tensor]:
@@ -98,17 +108,21 @@ class OldLogp:
 def accumulate_minibatch(model, forward: PolicyForward, batch, rows: torch.Tensor, micro_batch_size: int,
                          loss_fn, loss_kwargs: dict, reduction: str, norm_len, old: OldLogp,
                          ref_logp: torch.Tensor | None, red: Reducer, want_entropy: bool,
-                         inert: torch.Tensor | None = None):
+                         inert: torch.Tensor | None = None, dist=None):
     """Forward + backward one mini-batch (`rows`) in micro-batches; gradients accumulate in `model`.
 
     inert (N,) bool on the host, optional: rows whose loss unit and gradient are exactly 0 whatever the
     policy (advantage 0 with no KL term in the loss, see ``AlgorithmSpec.zero_advantage_inert``). They
     run no forward or backward, but the mini-batch denominator still counts them, so the gradient is
-    the same as with them. Returns (the mini-batch loss as a 0-d tensor, tokens run through the model,
+    the same as with them. dist (several ranks): `rows` are this rank's rows of a global mini-batch and the
+    denominator is all-reduced over ranks first. Returns (the mini-batch loss as a 0-d tensor, this rank's
+    share of it under `dist`, tokens run through the model,
     {"min", "max"}: the token-ratio extremes of the rows run, as 0-d tensors). Step metrics go to `red`.
     """
     full_mask = batch.mask[rows]  # (m, T)
     denom = losses.reduction_count(reduction, full_mask, norm_len)  # the whole mini-batch's denominator
+    if dist is not None:  # the GLOBAL mini-batch's denominator, before any backward
+        denom = dist.all_reduce(denom.detach().float().clone(), "sum", "loss denominator")
     total = torch.zeros((), device=full_mask.device)
     tokens = 0
     rmin = torch.full((), float("inf"), device=full_mask.device)
@@ -162,6 +176,7 @@ class UpdateSettings:
     skip_inert: bool  # train.skip_zero_advantage and the spec's zero_advantage_inert
     seed: int
     updates_per_batch: int
+    dist: object = None  # a gmpo.train.dist.Dist when training on several ranks
 
 
 def _sort_key(batch) -> torch.Tensor:
@@ -179,7 +194,8 @@ def update(model, forward, batch, spec, us: UpdateSettings, step: int, optimize,
     (see :class:`gmpo.train.optimize.Optimize`). A verdict other than "ok"/"skip" (a restore requested by a
     hook) abandons the rest of the step's updates and is returned for the trainer to carry out.
     """
-    N, micro = batch.n, us.micro_batch_size
+    N, micro, dist = batch.n, us.micro_batch_size, us.dist
+    offset, n_global = (0, N) if dist is None else dist.row_layout(N)  # this rank's rows: offset .. offset+N-1
     old = OldLogp(batch.rollout_logp, batch.mask, us.recompute_old_logp)
     flops = 0.0
     if us.recompute_old_logp == "always":  # one no-grad forward before the first update
@@ -196,18 +212,24 @@ def update(model, forward, batch, spec, us: UpdateSettings, step: int, optimize,
     want_entropy = batch.entropy is None  # else measure it in the first epoch's training forwards
     n_updates, verdict = 0, "ok"
     for epoch in range(us.ppo_epochs):
-        for rows in torch.randperm(N, generator=gen).split(us.mini_batch_size):
+        for rows in torch.randperm(n_global, generator=gen).split(us.mini_batch_size):
+            if dist is not None:  # this rank's rows of the global mini-batch
+                rows = rows[(rows >= offset) & (rows < offset + N)] - offset
             rows = rows[torch.argsort(key[rows], stable=True)]  # similar rows share micro-batches
             loss, tokens, ratio = accumulate_minibatch(
                 model, forward, batch, rows, micro, spec.loss_fn, spec.loss_kwargs, spec.reduction,
-                spec.norm_len, old, batch.ref_logp, red, want_entropy=want_entropy and epoch == 0, inert=inert)
+                spec.norm_len, old, batch.ref_logp, red, want_entropy=want_entropy and epoch == 0, inert=inert,
+                dist=dist)
             flops += perf.training_flops(n_params, tokens)
             if tokens == 0:  # every row inert: a zero gradient, so AdamW still steps (decay, momentum)
                 for p in model.parameters():
                     if p.requires_grad and p.grad is None:
                         p.grad = torch.zeros_like(p)
+            if dist is not None:  # sum gradients, loss and ratio extremes over ranks: the global mini-batch's
+                loss = dist.sync_gradients([p for p in model.parameters() if p.requires_grad], loss, ratio)
             n_updates += 1
-            if n_updates == 1 and us.updates_per_batch > 1 and us.recompute_old_logp == "auto" and not old.rollout_agrees():
+            if n_updates == 1 and us.updates_per_batch > 1 and us.recompute_old_logp == "auto" \
+                    and not old.rollout_agrees(dist):
                 flops += _recompute_stale(model, forward, batch, old, inert, micro, n_params)
             moved, verdict = optimize(loss, ratio, red)
             old.policy_moved = old.policy_moved or moved
@@ -215,9 +237,12 @@ def update(model, forward, batch, spec, us: UpdateSettings, step: int, optimize,
                 break
         if verdict not in ("ok", "skip"):
             break
-    sm.update(red.results())
+    sm.update(red.results(dist))
     sm.update(old.gap_metrics())
     ratios = red.samples("ratio/tokens")
+    if dist is not None:  # every rank's token ratios: global quantiles and histogram
+        ratios = dist.gather_cat(ratios if ratios is not None else torch.zeros(0, device=batch.mask.device),
+                                 "token ratios")
     if ratios is not None and ratios.numel():
         q = quantiles(ratios, [0.01, 0.99])
         sm.add("ratio/token_p01", q[0])

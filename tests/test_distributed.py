@@ -1,0 +1,219 @@
+"""Data-parallel training (issue 14) with gloo on CPU: 2 ranks of the tiny model against one process.
+
+The 2-rank side runs once under torchrun (tests/test_distributed_worker.py: every scenario in the same two
+processes); each rank saves the batch it trained on. One process then trains on the union of the ranks'
+batches (the same global batch) and must reach the same weights (float tolerance: only the summation order
+differs) for gmpo, grpo token-mean and dapo, and with zero-advantage skipping (rank 0's groups all inert,
+compared with a reference that runs every row). A NaN on one rank skips the update on both; a 2-rank
+checkpoint resumed on one process continues like an uninterrupted one-process run on the same batches; a
+killed or hung rank makes the other exit with a clear error within ``train.dist_timeout``.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from gmpo.batch import concat
+from gmpo.config import from_dict
+from gmpo.runs.files import read_alerts, read_metrics
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_distributed_worker as W  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ATOL = 1e-6  # weights after lr=1e-2 AdamW steps (adam_eps 1e-4); 2 ranks vs 1 differ only in float summation order
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]), **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, tiny_model_dir) -> Path:
+    """Run every 2-rank scenario under torchrun once; the output directory."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(W.WORKER), str(out), str(tiny_model_dir)]
+    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-6000:]
+    return out
+
+
+def _replaying(trainer, out: Path, world: int = 2) -> None:
+    """trainer.collect returns the union (rank order) of the ranks' batches of each recorded step; it still
+    runs the real collect first, so the prompt loader advances as it did on the ranks."""
+    collect = trainer.collect
+
+    def replay(step, attempt=0):
+        batch, seen, st = collect(step, attempt)
+        files = [out / f"batch_r{r}_s{step}.pt" for r in range(world)]
+        if not files[0].exists():
+            return batch, seen, st
+        union = concat([torch.load(f, weights_only=False) for f in files])
+        st.groups = len(union.items)
+        return union, [union], st
+
+    trainer.collect = replay
+
+
+def _one_process(cfg: dict):
+    from gmpo.train import GMPOTrainer
+
+    assert "WORLD_SIZE" not in os.environ
+    return GMPOTrainer(config=from_dict(cfg))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+@pytest.mark.parametrize("case", list(W.CASES))
+def test_two_ranks_equal_one_process_on_the_same_global_batch(two_ranks, tiny_model_dir, tmp_path, case):
+    out = two_ranks / case
+    w0 = torch.load(out / "weights_r0.pt")
+    w1 = torch.load(out / "weights_r1.pt")
+    assert _max_diff(w0, w1) == 0.0  # replicated: every rank took the same optimizer steps
+    rep = json.loads((out / "report_r0.json").read_text())
+    assert rep["world"] == 2
+    algo, train = W.CASES[case]
+    # the reference runs every row (skip_zero_advantage false): skipping inert rows on the ranks is exact too
+    ref_train = {k: v for k, v in train.items() if k != "skip_zero_advantage"}
+    reward = "rank0_flat_reward" if case == "gmpo_skip" else "parity_reward"
+    t = _one_process(W.config_dict(tiny_model_dir, tmp_path / "ref", algo, ref_train, reward=reward))
+    init = W.weights(t.model)
+    _replaying(t, out)
+    t.start()
+    m = t.step()
+    t.close(finish=False)
+    ref = W.weights(t.model)
+    moved = _max_diff(init, ref)
+    assert moved > 1e-3  # the step really moved the weights
+    print(case, "max |w_2ranks - w_1process|", _max_diff(ref, w0), "moved", moved)
+    assert _max_diff(ref, w0) < ATOL, (case, _max_diff(ref, w0), moved)
+    dm = rep["metrics"]
+    for key in ("loss/value", "grad/norm", "reward/mean"):
+        assert dm[key] == pytest.approx(m[key], rel=1e-5, abs=1e-7), key
+    assert dm["rollout/groups_kept"] == 4 and dm["reward/mean"] == m["reward/mean"]
+    if case != "gmpo_skip":  # token metrics cover the rows that ran: with skipping, fewer than the reference's
+        for key in ("ratio/token_max", "ratio/token_p99", "clip/frac_low", "policy/kl", "policy/entropy"):
+            assert dm[key] == pytest.approx(m[key], rel=1e-4, abs=1e-6), key
+        assert dm["ratio/log_hist"] == m["ratio/log_hist"]  # every rank's token ratios, in the same bins
+    if case == "gmpo_skip":
+        assert dm["perf/rows_trained_frac"] == 0.5  # rank 0's rows were all inert and ran no forward
+        assert m["perf/rows_trained_frac"] == 1.0
+
+
+def test_nan_on_one_rank_skips_the_update_on_both(two_ranks):
+    out = two_ranks / "guard"
+    r0, r1 = (json.loads((out / f"report_r{r}.json").read_text()) for r in (0, 1))
+    for r in (r0, r1):
+        assert r["unchanged_after_step1"] and r["moved_in_step2"]
+        assert r["step1"]["optim/skipped"] == 1.0 and r["step2"]["optim/skipped"] == 0.0
+        assert r["events"] == 2  # one per mini-batch of step 1, counted on both ranks
+    assert _max_diff(torch.load(out / "weights_r0.pt"), torch.load(out / "weights_r1.pt")) == 0.0
+    alerts = read_alerts(out / "run")
+    assert [(a["step"], a["detector"], a["action"]) for a in alerts] == [(1, "nonfinite", "skip")] * 2  # rank 0 alone wrote
+    rows = read_metrics(out / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]  # one writer: each step logged once
+
+
+def test_two_rank_checkpoint_resumes_on_one_process(two_ranks, tiny_model_dir, tmp_path):
+    out = two_ranks / "resume"
+    ckpt = Path(json.loads((out / "report_r0.json").read_text())["checkpoint"])
+    assert ckpt.name == "step_000002" and (ckpt / "meta.json").is_file()
+    # uninterrupted: one process trains steps 1-2 on the ranks' global batches, then step 3 on its own
+    ref = _one_process(W.config_dict(tiny_model_dir, tmp_path / "ref", {"loss": "gmpo"}, {"steps": 3}))
+    _replaying(ref, out)
+    ref_summary = ref.train()
+    # resumed: one process picks the 2-rank checkpoint up at step 2 and trains step 3
+    res = _one_process(W.config_dict(tiny_model_dir, tmp_path / "res", {"loss": "gmpo"}, {"steps": 3, "resume": str(ckpt)}))
+    assert res.global_step == 2
+    res_summary = res.train()
+    assert ref_summary["steps"] == res_summary["steps"] == 3
+    a, b = read_metrics(tmp_path / "ref" / "metrics.jsonl")[-1], read_metrics(tmp_path / "res" / "metrics.jsonl")[-1]
+    assert a["step"] == b["step"] == 3
+    assert a["reward/mean"] == b["reward/mean"]  # same prompts, same sampling seed, same (up to rounding) weights
+    for key in ("loss/value", "grad/norm", "ratio/token_max"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert _max_diff(W.weights(ref.model), W.weights(res.model)) < ATOL
+    assert ref.optimizer.state_dict()["state"][0]["step"] == res.optimizer.state_dict()["state"][0]["step"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fail_config(tmp_path: Path, tiny_model_dir) -> Path:
+    cfg = W.config_dict(tiny_model_dir, tmp_path / "run", {"loss": "gmpo"}, {"steps": 3, "dist_timeout": 8},
+                        reward="fail_at_step2_reward")
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _wait_for_mark(mark: Path, procs: list, limit: float = 240) -> float:
+    t0 = time.time()
+    while not mark.exists():
+        assert time.time() - t0 < limit, "rank 1 never reached step 2"
+        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.2)
+    time.sleep(0.1)
+    return float(mark.read_text())
+
+
+def test_killed_rank_makes_the_other_exit_with_an_error(tmp_path, tiny_model_dir):
+    """Ranks launched by hand (as torchrun would, without its agent): rank 1 is killed with SIGKILL in step 2."""
+    cfg, mark, port = _fail_config(tmp_path, tiny_model_dir), tmp_path / "mark", str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                   GMPO_TEST_MARK=str(mark), GMPO_TEST_FAIL="kill")
+        procs.append(subprocess.Popen([sys.executable, "-m", "gmpo", "train", str(cfg)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        t_fail = _wait_for_mark(mark, procs)
+        _, err = procs[0].communicate(timeout=8 + 30)
+        elapsed = time.time() - t_fail
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert procs[1].wait() == -signal.SIGKILL
+    assert procs[0].returncode == 1, err[-3000:]
+    assert "gmpo train: error: rank 0/2: collective" in err and "train.dist_timeout=8" in err, err[-3000:]
+    assert elapsed < 8 + 20, elapsed
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1]
+
+
+def test_hung_rank_fails_the_run_within_the_timeout_via_gmpo_train_nproc(tmp_path, tiny_model_dir):
+    """`gmpo train --nproc 2` (torchrun underneath): rank 1 hangs in step 2; rank 0 must give up after
+    train.dist_timeout with a clear message, and the launcher must then end the whole run with an error."""
+    cfg, mark = _fail_config(tmp_path, tiny_model_dir), tmp_path / "mark"
+    env = _env(GMPO_TEST_MARK=str(mark), GMPO_TEST_FAIL="hang")
+    p = subprocess.Popen([sys.executable, "-m", "gmpo", "train", "--nproc", "2", str(cfg)], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        t_fail = _wait_for_mark(mark, [p])
+        _, err = p.communicate(timeout=8 + 60)
+        elapsed = time.time() - t_fail
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode != 0
+    assert "rank 0/2: collective" in err and "hung longer than train.dist_timeout=8 s" in err, err[-3000:]
+    assert 8 <= elapsed < 8 + 40, elapsed
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1]
