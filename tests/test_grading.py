@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gmpo import grading
-from gmpo.grading import pool
+from gmpo.grading import pool, server as grading_server
 from gmpo.grading import GradeResult, extract_answer, extract_boxed, grade, verify
 
 
@@ -195,10 +195,11 @@ def test_concurrent_threads_agree_with_serial():
     expected = [verify(p, g, timeout=10) for p, g in cases]
     got = [None] * len(cases)
 
-    def work(i):  # 13 servers start at once: a generous timeout, this checks agreement, not speed
-        got[i] = verify(*cases[i], timeout=10)
+    def work(k):  # 4 threads, 4 servers starting at once: a generous timeout, this checks agreement, not speed
+        for i in range(k, len(cases), 4):
+            got[i] = verify(*cases[i], timeout=10)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
     for th in threads:
         th.start()
     for th in threads:
@@ -367,20 +368,24 @@ def test_pathological_batch_costs_about_two_timeouts_and_normal_answers_still_gr
 
 def test_a_flood_of_slow_comparisons_shares_one_timeout():
     """The process pool's own bound, without the too-large check: 64 slow comparisons (towers sent straight
-    to math-verify) cost about one timeout plus their first CPU slices, not 64 timeouts (192 s here); the
-    quick comparisons of the batch are answered right (they run ahead of the slow ones)."""
-    timeout = 3.0  # fixed costs (64 forks, first slices) are ~1 s idle, ~3 s under load 14 on 2 cores
+    to math-verify) are paused after their first CPU slice and then share ONE timeout (one round of about
+    ``timeout`` seconds; 64 x 3 = 192 s if each paid its own); the quick ones of the batch are answered
+    right. The rest of the wall time is fixed cost (64 forks and first slices: ~1 s on an idle 2-core CPU,
+    several seconds on a loaded one; the benchmark reports the whole on a quiet machine)."""
+    timeout = 3.0
     quick = [(r"\frac{2}{4}", "0.5", True), (r"\frac{2}{3}", "0.5", False), ("x = 5", "5", True)]
     jobs = [(p, g) for p, g, _ in quick] + [(t[7:-1], "5") for t in TOWERS]
     p = pool.MathVerifyPool()
     try:
-        assert p.run([(r"\sqrt{4}", "2")], timeout) == [True]  # start-up
+        assert p.run([(r"\sqrt{4}", "2")], 5.0) == [True]  # start-up
         t0 = time.monotonic()
         out = p.run(jobs, timeout)
         wall = time.monotonic() - t0
         assert out == [ok for _, _, ok in quick] + [False] * 64
-        assert p.n_timeouts == 64
-        assert wall < 2.5 * timeout, f"64 slow comparisons took {wall:.2f}s at timeout {timeout}s"
+        assert p.n_timeouts >= 64  # (a quick one may time out on a loaded CPU: it is wrong anyway)
+        stats = p.last_stats
+        assert stats["rounds"] == 1 and timeout <= stats["round_s"] < timeout + 1.0, stats
+        assert wall < stats["wall_s"] + 1.0 and wall < 60, (wall, stats)
     finally:
         p.close()
 
@@ -422,7 +427,7 @@ def test_killed_comparisons_leave_no_processes_behind():
         assert p.run(towers[:1], 0.2) == [False]
         server = p._idle[-1]
         kids = _children(server.proc.pid)
-        assert 1 <= len(kids) <= pool.SLOTS + 2  # idle children only; the killed one was reaped
+        assert 1 <= len(kids) <= grading_server.SLOTS + 2  # idle children only; the killed one was reaped
         result = []
         th = threading.Thread(target=lambda: result.append(p.run(towers, 30.0)))
         th.start()

@@ -11,7 +11,7 @@ Gold answers come in the shapes the benchmarks use: a LaTeX string (MATH500, AIM
 any one may match).
 
 Cost and safety. Plain numbers and string-identical answers are decided in-process in microseconds.
-Everything else goes to math-verify in killable processes (:mod:`gmpo.grading.pool`): a comparison that
+Everything else goes to math-verify in killable processes (:mod:`gmpo.grading.server`): a comparison that
 runs past ``timeout`` seconds (default 1 s, as the official GMPO code) is wrong, and the slow
 comparisons of a batch share one timeout, so 64 pathological answers (``\\boxed{9^{9^{9}}}``) cost about
 two timeouts of wall time, not 64, and never delay the normal answers of the batch. Answers that write
@@ -19,7 +19,8 @@ an astronomically large integer (:func:`too_large`: power towers, huge factorial
 sympy) are graded wrong in-process without math-verify. Works from any thread.
 
 Layout: :mod:`gmpo.grading.extract` (strings -> final answer), this module (fast decisions, the public
-API), :mod:`gmpo.grading.pool` (math-verify processes).
+API), :mod:`gmpo.grading.pool` (the caller's side of the math-verify processes), :mod:`gmpo.grading.server`
+(the server process and its per-comparison children).
 """
 from __future__ import annotations
 
@@ -237,7 +238,7 @@ def _decide(pred: str | None, gold) -> bool | list[tuple[str, str]]:
 def verify_batch(preds: list, golds: list, timeout: float = DEFAULT_TIMEOUT) -> list[bool]:
     """:func:`verify` for each ``(preds[i], golds[i])``, the math-verify part as one batch.
 
-    Identical comparisons run once; slow ones share one ``timeout`` (see :mod:`gmpo.grading.pool`), so
+    Identical comparisons run once; slow ones share one ``timeout`` (see :mod:`gmpo.grading.server`), so
     the wall time is about that of the normal comparisons plus one or two timeouts.
     """
     timeout = check_timeout(timeout)
