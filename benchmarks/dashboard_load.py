@@ -61,6 +61,7 @@ def proc_kb(pid: int, key: str) -> int:
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -141,6 +142,7 @@ def live_updates(page, run: Path, n: int, start_step: int, pid: int) -> tuple[li
 
 
 def main(argv=None) -> int:
+    """Generate (or reuse) the run, serve it, load it in Chromium, append steps; print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30_000, help="steps of the synthetic run (default 30000)")
     ap.add_argument("--loads", type=int, default=3, help="fresh page loads to time (default 3)")

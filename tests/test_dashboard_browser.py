@@ -59,36 +59,42 @@ def shots(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     exe = _chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-        external, errors = [], []
+        b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        yield b
+        b.close()
 
-        def route(r):
-            if r.request.url.startswith(server.base + "/"):
-                r.continue_()
-            else:
-                external.append(r.request.url)
-                r.abort()
 
-        ctx.route("**/*", route)
-        pg = ctx.new_page()
-        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-        pg.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}") if r.url.startswith(server.base) else None)
-        t = time.time()
-        pg.goto(server.base + "/")
-        pg.wait_for_selector("body[data-ready='1']", timeout=30_000)
-        pg.load_s = time.time() - t
-        # element screenshots scroll the page: keep the sticky header out of them (CSSOM, allowed by the CSP)
-        pg.evaluate("document.querySelector('header.top').style.position = 'static'")
-        pg.errors, pg.external = errors, external
-        yield pg
-        browser.close()
+@pytest.fixture(scope="module")
+def page(server, browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    external, errors = [], []
+
+    def route(r):
+        if r.request.url.startswith(server.base + "/"):
+            r.continue_()
+        else:
+            external.append(r.request.url)
+            r.abort()
+
+    ctx.route("**/*", route)
+    pg = ctx.new_page()
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    pg.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}") if r.url.startswith(server.base) else None)
+    t = time.time()
+    pg.goto(server.base + "/")
+    pg.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    pg.load_s = time.time() - t
+    # element screenshots scroll the page: keep the sticky header out of them (CSSOM, allowed by the CSP)
+    pg.evaluate("document.querySelector('header.top').style.position = 'static'")
+    pg.errors, pg.external = errors, external
+    yield pg
+    ctx.close()
 
 
 def _wait(page, js: str, timeout: float = 10.0) -> float:
@@ -229,3 +235,24 @@ def test_zoom_fetches_the_window_and_resets(page):
     page.locator("#reset-zoom").click()
     _wait(page, "window.__dash.charts.reward.points() === 61", timeout=10)
     assert page.errors == []
+
+
+def test_token_protected_page_works_live(browser, tmp_path):
+    run = write_run(tmp_path / "gmpo-s0", 20)
+    srv = DashboardServer(run, token="tok-123", poll=0.3)
+    try:
+        ctx = browser.new_context()
+        pg = ctx.new_page()
+        errors = []
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        assert ctx.request.get(srv.base + "/").status == 401  # no token, no page
+        pg.goto(srv.base + "/?token=tok-123")
+        pg.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert _points(pg)["reward"] == 20
+        with open(run / "metrics.jsonl", "a") as f:  # the event stream and the fetches carry the cookie
+            f.write(json.dumps({"step": 21, "reward/mean": 0.5}) + "\n")
+        assert _wait(pg, "window.__dash.charts.reward.points() === 21") < 5.0
+        assert errors == []
+        ctx.close()
+    finally:
+        srv.close()

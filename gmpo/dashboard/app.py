@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import time
@@ -168,15 +169,29 @@ def _window(x0: float | None, x1: float | None) -> tuple[float | None, float | N
     return x0, x1
 
 
-def _routes(app: FastAPI, state: DashboardState) -> None:
-    """Register the page, the static files and the JSON API on `app`."""
+def _meta(state: DashboardState) -> dict:
+    """What the page needs before its first data request: the runs, the chart table, the settings."""
+    return {"runs": [st.info() for st in state.stores],
+            "charts": [{"id": c.id, "title": c.title, "metrics": c.metrics, "help": c.help, "log_y": c.log_y}
+                       for c in CHARTS],
+            "serve": str(state.serve.path) if state.serve else None, "poll_s": state.poll_s,
+            "target_reward": state.target_reward, "status": state.status()}
 
-    def meta_dict() -> dict:
-        return {"runs": [st.info() for st in state.stores],
-                "charts": [{"id": c.id, "title": c.title, "metrics": c.metrics, "help": c.help, "log_y": c.log_y}
-                           for c in CHARTS],
-                "serve": str(state.serve.path) if state.serve else None, "poll_s": state.poll_s,
-                "target_reward": state.target_reward, "status": state.status()}
+
+def _routes(app: FastAPI, state: DashboardState) -> None:
+    """Register the page, the static files, the JSON API and the event stream on `app`."""
+    _page_routes(app, state)
+    _data_routes(app, state)
+    _stream_route(app, state)
+
+    @app.exception_handler(ValueError)
+    async def bad_value(_request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+def _page_routes(app: FastAPI, state: DashboardState) -> None:
+    """The page (with its metadata embedded), the fixed list of static files, /api/meta, /api/health."""
+    meta_dict = functools.partial(_meta, state)
 
     @app.get("/")
     def index() -> Response:
@@ -196,6 +211,14 @@ def _routes(app: FastAPI, state: DashboardState) -> None:
     @app.get("/api/meta")
     def meta() -> dict:
         return meta_dict()
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"ok": True, "load_s": state.load_s, **state.status()}
+
+
+def _data_routes(app: FastAPI, state: DashboardState) -> None:
+    """The JSON the page draws: charts, heat-maps, headline, comparison, samples, serving."""
 
     @app.get("/api/charts")
     def charts(runs: str = "", points: int = Query(600, ge=16, le=8000), x0: float | None = None,
@@ -246,9 +269,10 @@ def _routes(app: FastAPI, state: DashboardState) -> None:
             raise HTTPException(404, "no request log: start `gmpo dashboard` with --serve-db PATH")
         return {**state.serve.summary(), "recent": state.serve.sample_requests(limit=10)}
 
-    @app.get("/api/health")
-    def health() -> dict:
-        return {"ok": True, "load_s": state.load_s, **state.status()}
+
+
+def _stream_route(app: FastAPI, state: DashboardState) -> None:
+    """/api/stream: Server-Sent Events, an ``update`` (the state's status) whenever the version changes."""
 
     @app.get("/api/stream")
     async def stream(request: Request) -> StreamingResponse:
@@ -267,7 +291,3 @@ def _routes(app: FastAPI, state: DashboardState) -> None:
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
-
-    @app.exception_handler(ValueError)
-    async def bad_value(_request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=400)
