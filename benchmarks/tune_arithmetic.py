@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     where = machine()
-    tune_overrides = [*overrides, f"train.steps={args.steps}", f"eval.every={args.eval_every}"]
+    # no evaluation at step 0 in the trials: it is the same for every trial (the comparison runs measure it)
+    tune_overrides = [*overrides, f"train.steps={args.steps}", f"eval.every={args.eval_every}", "eval.at_start=false"]
     tune_cmd = (f"gmpo tune {args.recipe} --space {space} --trials {args.trials} --workers {args.workers} "
                 f"--threads {args.threads} --out {out / 'study'} " + " ".join(shlex.quote(o) for o in tune_overrides))
     print(f"[bench] {tune_cmd}", flush=True)
