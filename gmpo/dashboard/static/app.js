@@ -107,10 +107,12 @@
     const ids = selectedIds();
     const width = Object.values(D.charts)[0].width();
     const win = S.xwin ? { x0: S.xwin[0], x1: S.xwin[1] } : {};
+    const t0 = performance.now();
     const [charts, heat] = await Promise.all([
       ids.length ? api("/api/charts?" + qs({ runs: ids.join(","), points: Math.round(width), ...win })) : null,
       ids.length ? api("/api/heatmap?" + qs({ runs: ids.join(","), cols: Math.round(width), ...win })) : null,
     ]);
+    const t1 = performance.now();
     const alerts = charts ? charts.alerts : [];
     const marks = guardMarks(alerts);
     for (const [id, c] of Object.entries(D.charts)) {
@@ -123,6 +125,7 @@
     }
     renderGuardList(alerts);
     document.getElementById("window-label").textContent = S.xwin ? `steps ${S.xwin[0]}–${S.xwin[1]}` : "all steps";
+    D.timing = { fetchMs: t1 - t0, renderMs: performance.now() - t1 };  // the last refresh: network vs drawing
   }
 
   async function refreshHeadline() {
