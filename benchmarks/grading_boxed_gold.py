@@ -56,8 +56,8 @@ def pathological(n: int, timeout: float | None) -> tuple[float, list[float]]:
     return time.perf_counter() - t0, scores
 
 
-def slow_pool(n: int, timeout: float) -> tuple[float, int]:
-    """(wall seconds, timeouts) of n power towers sent straight to the math-verify processes (no too-large
+def slow_pool(n: int, timeout: float) -> tuple[float, int, dict]:
+    """(wall seconds, timeouts, the server's rounds/round_s/wall_s) of n power towers sent straight to the math-verify processes (no too-large
     check): what a flood of slow answers the check does not catch costs."""
     from gmpo.grading.pool import MathVerifyPool
 
@@ -66,7 +66,7 @@ def slow_pool(n: int, timeout: float) -> tuple[float, int]:
         pool.run([("\\sqrt{4}", "2")], timeout)  # start-up
         t0 = time.perf_counter()
         pool.run([(f"{b}^{{{b}^{{{b}}}}}", "5") for b in range(9, 9 + n)], timeout)
-        return time.perf_counter() - t0, pool.n_timeouts
+        return time.perf_counter() - t0, pool.n_timeouts, pool.last_stats
     finally:
         pool.close()
 
@@ -96,9 +96,11 @@ def main() -> None:
         wall, scores = pathological(n, args.timeout)
         print(f"math_answer: {n} power towers + 3 normal answers in {wall:.2f} s wall at timeout {timeout} s; "
               f"tower scores sum {sum(scores[:n])}, normal scores {scores[n:]} (expected [1.0, 0.0, 1.0])")
-        wall, timeouts = slow_pool(n, timeout)
+        wall, timeouts, stats = slow_pool(n, timeout)
         print(f"math-verify processes: {n} towers sent straight to math-verify in {wall:.2f} s wall "
-              f"({wall / timeout:.2f} x the {timeout} s timeout; {timeouts} timed out)")
+              f"({wall / timeout:.2f} x the {timeout} s timeout; {timeouts} timed out; {stats['rounds']} shared "
+              f"round(s) of {stats['round_s']:.2f} s, the rest forks and first CPU slices)")
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 if __name__ == "__main__":
     main()
