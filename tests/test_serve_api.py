@@ -74,13 +74,14 @@ def test_chat_answers_like_the_engine_on_the_chat_template(client, reference):
 
 
 def test_streamed_chat_matches_the_plain_answer(client, server):
-    plain = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=12, temperature=0)
-    chunks = list(client.chat.completions.create(model="tiny", messages=MSG, max_tokens=12, temperature=0,
+    plain = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=40, temperature=0)
+    chunks = list(client.chat.completions.create(model="tiny", messages=MSG, max_tokens=40, temperature=0,
                                                  stream=True, stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # several content chunks
+    n_content = len([c for c in chunks if c.choices and c.choices[0].delta.content])
+    assert n_content == -(-plain.usage.completion_tokens // 16)  # a content chunk per 16 tokens
     finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finals == [plain.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == plain.usage.total_tokens

@@ -236,19 +236,23 @@ def stream_events(req: GenRequest, model: str, pieces: list[list[str]], finish: 
     yield "data: [DONE]\n\n"
 
 
-def text_pieces(tokenizer, ids: list[int], text: str) -> list[str]:
-    """Split a completion's final ``text`` into per-token pieces (incremental decoding; a token whose
-    bytes do not yet form a character joins the next piece). The pieces always concatenate to ``text``."""
+STREAM_CHUNK_TOKENS = 16  # tokens per streamed content chunk
+
+
+def text_pieces(tokenizer, ids: list[int], text: str, every: int = STREAM_CHUNK_TOKENS) -> list[str]:
+    """Split a completion's final ``text`` into pieces of about ``every`` tokens for streaming.
+
+    The engine hands over a completion when its batch ends, so per-token chunks would only add per-chunk
+    costs on both sides (one SSE event and one client-side parse each); pieces of ``every`` tokens keep the
+    stream shape. Pieces come from incremental decoding of token prefixes (a cut inside a multi-byte
+    character moves to the next boundary) and always concatenate to ``text``.
+    """
     pieces, prev = [], ""
-    for k in range(1, len(ids) + 1):
+    for k in range(every, len(ids), every):
         cur = tokenizer.decode(ids[:k], skip_special_tokens=True)
-        if len(cur) > len(text):
-            cur = text
-        if cur.startswith(prev) and text.startswith(cur) and len(cur) > len(prev):
+        if len(cur) > len(prev) and text.startswith(cur) and "\ufffd" not in cur:
             pieces.append(cur[len(prev):])
             prev = cur
-    if prev != text:
-        pieces.append(text[len(prev):] if text.startswith(prev) else text)
-        if not text.startswith(prev):  # decoding was not incremental: send the text whole
-            pieces = [text]
+    if len(text) > len(prev):
+        pieces.append(text[len(prev):])
     return pieces
