@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gmpo.runs.model_registry import ModelRegistry, RegistryError, parse_ref
+from gmpo.runs.model_registry import AliasConflict, ModelRegistry, RegistryError, parse_ref
 
 ROOT = Path(__file__).resolve().parents[1]
 # runs one verb's module directly: `gmpo --help` imports every verb (some import torch: seconds per process)
@@ -57,6 +57,10 @@ def test_round_trip(reg, tiny_model_dir, tmp_path):
     assert moves == [("production", None, 1), ("production", 1, 2), ("staging", None, 1), ("staging", 1, None)]
     assert [v.version for v in reg.versions("tiny")] == [1, 2] and reg.names() == ["tiny"]
     assert reg.check() == {"problems": [], "orphans": []}
+    # compare-and-swap: a promotion evaluated against production 1 must not move it now that it is 2
+    with pytest.raises(AliasConflict, match="production is 2, expected 1"):
+        reg.move_aliases("tiny", {"production": 1, "previous": 2}, "stale promotion", expect={"production": 1})
+    assert reg.aliases("tiny") == {"production": 2} and len(reg.history("tiny")) == 4
 
 
 def test_errors_name_the_problem(reg, tiny_model_dir, tmp_path):

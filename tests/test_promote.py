@@ -75,6 +75,9 @@ def test_gate_promotes_good_rejects_inverted_then_rollback(lifecycle, monkeypatc
 
     reg_path, gate = lifecycle
     reg = ModelRegistry(reg_path)
+    dry = ["promote", "tiny", "--candidate", "2", "--gate", str(gate), "--registry", str(reg_path), "--dry-run"]
+    assert main(dry) == 0 and reg.aliases("tiny") == {"production": 1}  # passes, moves nothing
+    assert [(r["passed"], r["applied"]) for r in reg.reports("tiny")] == [(1, 0)]
     assert main(["promote", "tiny", "--candidate", "2", "--gate", str(gate), "--registry", str(reg_path)]) == 0
     assert reg.aliases("tiny") == {"production": 2, "previous": 1}
     good = json.loads(Path(reg.reports("tiny")[-1]["json_path"]).read_text())
