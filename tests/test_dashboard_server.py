@@ -116,6 +116,8 @@ def test_api_serves_the_runs(server):
     assert server.json("/api/samples?run=1&step_min=45")["total"] == 2
     assert len(server.json("/api/compare")["rows"]) == 2
     assert server.request("/api/serve")[0] == 404
+    maps = Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "libtorch" not in maps  # the server process never loaded torch
 
 
 def test_static_files_and_security_headers(server):
