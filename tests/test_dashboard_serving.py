@@ -133,3 +133,32 @@ def test_recent_requests_cut_long_text(request_log):
     assert rec[0]["id"] == "long" and len(rec[0]["prompt"]) == 301 and rec[0]["scores"] == "not json"
     assert rec[1]["scores"] == {"exact": 1.0}
     assert not os.path.exists(str(request_log) + "-journal")
+
+
+def test_reads_a_log_written_by_gmpo_serve_while_it_writes(tmp_path):
+    """The real writer (gmpo.serve.reqlog.RequestLog, with its trailing columns) while the reader follows it."""
+    from gmpo.serve.reqlog import RequestLog
+
+    path = tmp_path / "served.db"
+    w = RequestLog(path)
+    try:
+        for i in range(30):
+            w.request(id=f"r{i}", ts=T0 + i, experiment="e", arm="a" if i % 3 else "b", model="m", status=200,
+                      latency_s=0.1 * (1 + i % 3), ttft_s=0.01, completion_tokens=10, quality=1.0 if i % 2 else 0.0,
+                      fallback=0, scores={"exact": 1.0}, assigned_arm="a", model_version="v1")
+        w.event("breaker_open", "quality low", experiment="e", arm="b", model="m")
+        w.flush()
+        log = ServeLog(path, buckets=3)
+        s = log.summary()
+        assert s["requests"] == 30 and s["arms"] == ["a", "b"] and s["breakers"]["b"]["state"] == "open"
+        assert sum(s["latency"]["latency"]["arms"]["b"]["counts"]) == 10 and len(s["timeline"]["x"]) == 3
+        v = log.version()
+        w.request(id="late", ts=T0 + 40, arm="a", model="m", status=500, latency_s=0.2)
+        w.event("breaker_close", "recovered", experiment="e", arm="b", model="m")
+        w.flush()
+        assert log.version() != v
+        s = log.summary()
+        assert s["requests"] == 31 and s["breakers"]["b"]["state"] == "closed"
+        assert log.sample_requests(1)[0]["id"] == "late"
+    finally:
+        w.close()
