@@ -258,8 +258,10 @@ class _Scheduler:
                     del running[fd]
             now = time.monotonic()
             for fd, c in list(running.items()):
-                # slow: SLICE_S of CPU used, or 3x that in wall time (a busy machine slows every comparison)
-                if c.cpu_used() >= SLICE_S or now - c.start >= _WALL_SLICE_S:
+                # slow: SLICE_S of CPU used, or 3x that in wall time (a busy machine slows every comparison);
+                # CPU time never exceeds wall time, so /proc is read only once SLICE_S of wall time has passed
+                age = now - c.start
+                if age >= _WALL_SLICE_S or (age >= SLICE_S and c.cpu_used() >= SLICE_S):
                     os.kill(c.pid, signal.SIGSTOP)
                     paused.append(running.pop(fd))
                     emit(None, False, "paused")
