@@ -237,3 +237,18 @@ def test_help_explains_every_option(capsys):
     for opt in ("RUN_DIR", "--serve-db", "--host", "--port", "--token", "--poll", "--target-reward", "--smooth"):
         assert opt in out
     assert "127.0.0.1" in out and "no CDN" in out
+
+
+def test_a_compare_directory_stands_for_its_runs(tmp_path):
+    from gmpo.commands.dashboard import expand_run_dirs
+
+    out = tmp_path / "compare"
+    for name in ("grpo-s0", "gmpo-s0"):
+        write_run(out / "runs" / name, 3)
+    (out / "report").mkdir()
+    single = write_run(tmp_path / "single", 3)
+    fresh = tmp_path / "not-started"
+    fresh.mkdir()
+    assert expand_run_dirs([str(out), str(single), str(fresh)]) == [
+        str(out / "runs" / "gmpo-s0"), str(out / "runs" / "grpo-s0"), str(single), str(fresh)]
+    assert expand_run_dirs([str(out / "runs")]) == [str(out / "runs" / "gmpo-s0"), str(out / "runs" / "grpo-s0")]

@@ -10,7 +10,8 @@ events on every chart, a sample browser, and (several runs) the stability table 
 --serve-db, the serving panel reads `gmpo serve`'s request log: requests/s, latency and time-to-first-token
 distributions, per-arm quality with circuit-breaker events, fallback rate and alerts.
 
-Several runs are overlaid, e.g. every run of a compare directory: `gmpo dashboard runs/compare/runs/*`.
+Several runs are overlaid, e.g. every run of a compare directory: `gmpo dashboard runs/compare` (a directory
+that holds runs, directly or in its runs/ folder, stands for them).
 Nothing is written to the run directories; the request log is opened read-only; every script and style is
 served by the package (no CDN). The server binds 127.0.0.1; binding any other address needs --token (or
 GMPO_DASHBOARD_TOKEN), which the browser presents once as ?token=... (the printed URL carries it).
@@ -22,6 +23,9 @@ import ipaddress
 import os
 import sys
 import time
+from pathlib import Path
+
+from gmpo.runs.files import CONFIG, METRICS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +59,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def expand_run_dirs(dirs: list[str]) -> list[str]:
+    """Run directories from the command line; a directory holding runs rather than being one (a `gmpo compare`
+    output, or its runs/ folder) stands for the runs under it, in name order."""
+    out = []
+    for d in dirs:
+        p = Path(d)
+        if (p / METRICS).exists() or (p / CONFIG).exists() or not p.is_dir():
+            out.append(d)
+            continue
+        base = p / "runs" if (p / "runs").is_dir() else p
+        found = sorted(str(c) for c in base.iterdir() if c.is_dir() and (c / METRICS).exists())
+        out.extend(found or [d])  # an empty directory: a run that has not started yet
+    return out
+
+
 def check_args(args: argparse.Namespace) -> str | None:
     """The error message for unusable arguments (None when they are fine)."""
     if not args.run_dirs and not args.serve_db:
@@ -77,6 +96,7 @@ def check_args(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the runs, then serve the dashboard until interrupted."""
+    args.run_dirs = expand_run_dirs(args.run_dirs)
     err = check_args(args)
     if err:
         print(f"gmpo dashboard: {err}", file=sys.stderr)
