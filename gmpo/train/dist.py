@@ -169,6 +169,10 @@ class Dist:
         """Cross-rank reduction of per-rank 0-d metrics by name: '*max*' -> max, '*min*' -> min, else the mean
         over ranks. Idempotent for values that are already global (identical on every rank)."""
         keys = sorted(values)
+        names = self.all_gather_object(keys, "metric names")
+        if any(n != keys for n in names):  # a mismatch would pair different metrics (or hang): say which
+            diff = sorted(set().union(*map(set, names)) - set.intersection(*map(set, names)))
+            raise RuntimeError(f"rank {self.rank}: step metrics differ between ranks: {diff}")
         groups = {"max": [k for k in keys if "max" in k.rsplit("/", 1)[-1]],
                   "min": [k for k in keys if "min" in k.rsplit("/", 1)[-1]]}
         groups["sum"] = [k for k in keys if k not in groups["max"] and k not in groups["min"]]
