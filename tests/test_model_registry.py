@@ -1,6 +1,7 @@
 """Model registry: round trip, copies verified by sha256, alias moves and history, two processes moving one
 alias concurrently, kill -9 during `add` at named points and at varied delays (issue 11)."""
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -223,3 +224,23 @@ def test_kill9_during_add(tmp_path):
         reg.close()
         _assert_consistent(reg_path, want_production=prod)  # whichever side of the commit it died on
     assert killed >= 1
+
+
+def test_registry_refs_in_train_and_eval(reg, tmp_path, monkeypatch, shared_data, one_thread):
+    """`gmpo train model.name_or_path=registry:...` and `gmpo eval --model registry:...` load the aliased version."""
+    from gmpo.cli import main
+    from gmpo.testing import save_tiny
+
+    reg.add(save_tiny(tmp_path / "v1"), "tiny", alias="production")
+    monkeypatch.setenv("GMPO_REGISTRY", str(reg.path))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "registry:tiny@production", "--benchmarks", "gsm8k", "--data-dir", str(shared_data),
+                 "--limit", "2", "--max-new-tokens", "4", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert json.loads(out.read_text())["benchmarks"]["gsm8k"]["n"] == 2
+    run = tmp_path / "run"
+    rc = main(["train", "model.name_or_path=registry:tiny", "train.steps=1", f"train.output_dir={run}",
+               "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4", "rewards=[{name: arithmetic}]",
+               "eval.at_start=false", "eval.at_end=false", "log.progress=false", "train.bf16=false"])
+    assert rc == 0 and (run / "checkpoints" / "step_000001" / "meta.json").is_file()
+    assert main(["registry", "--registry", str(reg.path), "add", str(run), "--name", "tiny", "--parent", "1"]) == 0
+    assert reg.resolve("tiny@2").run_dir == str(run) and reg.resolve("tiny@2").config["train"]["steps"] == 1
