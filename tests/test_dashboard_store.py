@@ -236,6 +236,21 @@ def test_sample_filters(tmp_path):
     assert one["total"] == 1 and one["samples"][0]["prompt"].endswith("(#7.3)")
     page = samples_payload(st, limit=10, offset=195)
     assert page["total"] == 200 and len(page["samples"]) == 5
+    _append(d / "samples.jsonl", raw='{"step": 51, "reward": NaN, "advantage": Infinity, "rewards": {"m": NaN}}\n')
+    st.refresh()
+    row = samples_payload(st, limit=1)["samples"][0]
+    assert (row["step"], row["reward"], row["advantage"], row["rewards"]) == (51, None, None, {"m": None})
+    json.dumps(row, allow_nan=False)  # what the web stack's JSON encoder demands
+
+
+def test_odd_configs_still_show_the_run(tmp_path):
+    d = write_run(tmp_path / "dapo-s2", 3)
+    (d / "config.yaml").write_text("algorithm: {loss: gmpo, eps_low: wide}\ntrain: [1, 2]\ndata: 7\n")
+    info = RunStore(d, 0).info()
+    assert info["algo"] == "gmpo" and info["clip"]["lo"] is None and "could not convert" in info["clip"]["note"]
+    assert info["seed"] == 2 and info["eval_n"] is None  # the seed from the '<algo>-s<seed>' name
+    (d / "config.yaml").write_text(": not yaml : [")
+    assert RunStore(d, 0).info()["algo"] == "dapo"
 
 
 def test_missing_directory_is_a_clear_error(tmp_path):

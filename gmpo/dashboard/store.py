@@ -205,26 +205,33 @@ class RunStore:
 
     def info(self) -> dict:
         """Static facts of the run: id, name, path, algorithm, seed, clip range, eval size."""
-        algo_cfg = self.config.get("algorithm") or {}
+        algo_cfg = self.config.get("algorithm")
+        algo_cfg = algo_cfg if isinstance(algo_cfg, dict) else {}
         algo = algo_cfg.get("loss")
-        seed = (self.config.get("train") or {}).get("seed")
+        train = self.config.get("train")
+        seed = train.get("seed") if isinstance(train, dict) else None
         m = _NAME.match(self.path.name)
-        if algo is None:
+        if not isinstance(algo, str):
             algo = m.group("algo") if m else None
         if seed is None and m:
             seed = int(m.group("seed"))
-        return {"id": self.id, "name": self.name, "path": str(self.path), "algo": algo, "seed": seed,
-                "clip": clip_range(algo, algo_cfg.get("eps_low"), algo_cfg.get("eps_high")),
-                "eval_n": self.eval_n()}
+        try:
+            clip = clip_range(algo, algo_cfg.get("eps_low"), algo_cfg.get("eps_high"))
+        except (TypeError, ValueError) as e:  # a hand-edited config: show the run, say why the clip is missing
+            clip = {"lo": None, "hi": None, "space": None, "note": f"clip range not marked: {e}"}
+        return {"id": self.id, "name": self.name, "path": str(self.path), "algo": algo,
+                "seed": seed if isinstance(seed, int) else None, "clip": clip, "eval_n": self.eval_n()}
 
     def eval_n(self) -> int | None:
         """Problems per held-out evaluation (data.eval_size; for the built-in task with 0 = all, its n_eval)."""
-        data = self.config.get("data") or {}
+        data = self.config.get("data")
+        data = data if isinstance(data, dict) else {}
         n = data.get("eval_size")
         if isinstance(n, int) and n > 0:
             return n
         if n == 0 and data.get("dataset") == "arithmetic":
-            return int((data.get("arithmetic") or {}).get("n_eval", 0)) or None
+            n_eval = (data.get("arithmetic") or {}).get("n_eval") if isinstance(data.get("arithmetic"), dict) else None
+            return n_eval if isinstance(n_eval, int) and n_eval > 0 else None
         return None
 
     # -- tailing --------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def alerts_payload(stores: list[RunStore], x0: float | None, x1: float | None, l
         for a in evs[-limit:]:
             out.append({"run": st.id, "step": a["step"], "detector": a.get("detector"), "action": a.get("action"),
                         "value": _num(a.get("value")), "threshold": _num(a.get("threshold")),
-                        "message": a.get("message"), "time": a.get("time")})
+                        "message": a.get("message"), "time": _finite(a.get("time"))})
     return out
 
 
@@ -170,4 +170,15 @@ def samples_payload(st: RunStore, *, step_min: float | None = None, step_max: fl
 
 def _sample_row(s: dict) -> dict:
     keys = ("step", "prompt", "answer", "completion", "rewards", "reward", "advantage", "length", "truncated")
-    return {k: s.get(k) for k in keys}
+    return {k: _finite(s.get(k)) for k in keys}
+
+
+def _finite(v):
+    """`v` with NaN/inf floats (JSON has no such numbers) turned into None, inside dicts and lists too."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
