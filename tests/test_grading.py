@@ -184,7 +184,7 @@ def test_server_that_stops_answering_is_abandoned_by_the_caller():
         t0 = time.monotonic()
         with pytest.raises(pool.ServerDied, match="silent"):
             server.run([(r"\frac{1}{2}", "0.5")], 0.3)
-        assert time.monotonic() - t0 < 0.3 + pool.GRACE_S + 1.0
+        assert time.monotonic() - t0 < 0.3 + pool.GRACE_S + 5.0  # never waits forever (slack: a loaded CPU)
     finally:
         server.close()
     assert server.proc.poll() is not None  # killed
