@@ -110,6 +110,12 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(two_ranks, tiny_mo
         for key in ("ratio/token_max", "ratio/token_p99", "clip/frac_low", "policy/kl", "policy/entropy"):
             assert dm[key] == pytest.approx(m[key], rel=1e-4, abs=1e-6), key
         assert dm["ratio/log_hist"] == m["ratio/log_hist"]  # every rank's token ratios, in the same bins
+    if case == "gmpo":  # held-out accuracy sharded over 2 ranks == one process on the same weights
+        with torch.no_grad():
+            for n, p in t.model.named_parameters():
+                p.copy_(w0[n])
+        t.engine.sync_weights(t.model)
+        assert rep["eval"] == t.evaluate()
     if case == "gmpo_skip":
         assert dm["perf/rows_trained_frac"] == 0.5  # rank 0's rows were all inert and ran no forward
         assert m["perf/rows_trained_frac"] == 1.0

@@ -22,6 +22,7 @@ CASES = {  # scenario -> algorithm section and train overrides
     "grpo_token_mean": ({"loss": "grpo", "reduction": "token-mean"}, {}),
     "dapo": ({"loss": "dapo", "overlong": {"penalty": 0.0}}, {}),
     "gmpo_skip": ({"loss": "gmpo"}, {"skip_zero_advantage": True}),
+    "grpo_batch_adv": ({"loss": "grpo", "advantage": "batch"}, {}),  # the global std over every rank's rewards
 }
 
 
@@ -110,9 +111,10 @@ def run_case(name: str, out: Path, tiny: Path, rank: int) -> None:
     record_batches(t, out, rank)
     t.start()
     metrics = t.step()
+    acc = t.evaluate() if name == "gmpo" else None  # sharded held-out accuracy of the trained weights
     t.close(finish=False)
     torch.save(weights(t.model), out / f"weights_r{rank}.pt")
-    (out / f"report_r{rank}.json").write_text(json.dumps({"metrics": metrics, "world": t.dist.world}))
+    (out / f"report_r{rank}.json").write_text(json.dumps({"metrics": metrics, "world": t.dist.world, "eval": acc}))
 
 
 def run_guard(out: Path, tiny: Path, rank: int) -> None:
