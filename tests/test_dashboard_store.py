@@ -188,6 +188,12 @@ def test_chart_payload_counts_and_wilson_band(tmp_path):
     assert acc["x"] == [0, 10, 20, 30, 40, 50, 60] and [s["role"] for s in acc["series"]] == ["line", "lo", "hi"] * 2
     line, lo, hi = (acc["series"][i]["data"] for i in range(3))
     assert lo[0] == pytest.approx(wilson(np.array([0.3]), 100)[0][0], abs=1e-6) and lo[0] < line[0] < hi[0]
+    _append(a / "metrics.jsonl", {"step": 60, "eval/gsm8k": 0.25})  # a benchmark eval beside the held-out one
+    stores[0].refresh()
+    acc = chart_payload(stores, CHARTS[1], None, None, 600)
+    assert [s["metric"] for s in acc["series"] if s["run"] == 0] == ["eval/accuracy", "eval/accuracy:lo",
+                                                                     "eval/accuracy:hi", "eval/gsm8k"]
+    assert acc["series"][3]["data"][-1] == 0.25
     window = chart_payload(stores, CHARTS[0], 10, 19, 600)
     assert window["x"] == list(range(10, 20))
     small = chart_payload(stores, CHARTS[0], None, None, 20)

@@ -21,17 +21,20 @@ def chart_payload(stores: list[RunStore], ch: Chart, x0: float | None, x1: float
     """One chart's data: shared x (steps), one series per (run, metric), min/max downsampled to `points`.
 
     The accuracy chart adds, per run with a known eval size n, the Wilson 95% band as two series
-    ("eval/accuracy:lo", ":hi").
+    ("eval/accuracy:lo", ":hi"), and any other eval/<benchmark> metric the run logged.
     """
     sets, vals, meta = [], [], []
     for st in stores:
         with st.lock:
-            for m in ch.metrics:
+            metrics = list(ch.metrics)
+            if ch.id == "accuracy":  # benchmark evaluations (eval.benchmarks) log eval/<name> beside it
+                metrics += sorted(k for k in st.table.cols if k.startswith("eval/") and k not in metrics)
+            for m in metrics:
                 s, v = st.series(m, x0, x1)
                 if not len(s):
                     continue
                 sets.append(s), vals.append(v), meta.append({"run": st.id, "metric": m, "role": "line"})
-                n = st.eval_n() if ch.id == "accuracy" else None
+                n = st.eval_n() if m == "eval/accuracy" else None
                 if n:
                     lo, hi = wilson(np.clip(v, 0.0, 1.0), n)
                     for role, band in (("lo", lo), ("hi", hi)):

@@ -68,10 +68,12 @@
     const series = [], bands = [];
     const multi = selectedIds().length > 1;
     const metrics = c.def.metrics;
-    const short = (m) => (metrics.length === 1 ? "" : (m.split("/").slice(1).join("/") || m));
+    const seen = metrics.slice();  // metrics beyond the chart's own (eval/<benchmark>) get the next colours
+    for (const s of payload.series) { const m = s.metric.split(":")[0]; if (!seen.includes(m)) seen.push(m); }
+    const short = (m) => (seen.length === 1 ? "" : (m.split("/").slice(1).join("/") || m));
     payload.series.forEach((s) => {
-      const metric = s.metric.split(":")[0], mi = metrics.indexOf(metric);
-      const color = multi ? runColor(s.run) : PALETTE[(mi + (metrics.length === 1 ? s.run : 0)) % PALETTE.length];
+      const metric = s.metric.split(":")[0], mi = seen.indexOf(metric);
+      const color = multi ? runColor(s.run) : PALETTE[(mi + (seen.length === 1 ? s.run : 0)) % PALETTE.length];
       const base = multi ? (runName(s.run) + " " + short(metric)).trim() : metric;
       if (s.role === "line") {
         series.push({ label: base, color, dash: multi ? DASHES[mi % DASHES.length] : [], data: s.data, points: c.def.id === "accuracy" && payload.x.length <= 80 });
