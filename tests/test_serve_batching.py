@@ -140,3 +140,17 @@ def test_batches_group_only_requests_that_can_share_an_engine_call(make_server):
     sizes = sorted(b.jobs for b in list(sched.batches)[n_before:])
     assert sizes == [1, 1, 1, 2]  # the two greedy max_tokens=4 requests together; seeded samples alone
     assert texts[3] == texts[4]  # a seeded sample does not depend on what else was queued
+
+
+def test_a_client_that_goes_away_while_queued_does_not_break_the_worker(make_server):
+    import httpx
+
+    server, client = make_server()
+    sched = server.service.scheduler
+    sched.hold()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/completions", json={"model": "tiny", "prompt": "bye", "max_tokens": 4}, timeout=0.5)
+    _wait(lambda: sum(sched.waiting().values()) == 1 or sched.waiting() == {})
+    sched.release()
+    r = client.completions.create(model="tiny", prompt="still here", max_tokens=4, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length") and sched._thread.is_alive()

@@ -93,6 +93,10 @@ def build_app(service):
         except APIError as err:
             service.record_error(req, err, t0, ts, user)
             raise
+        except Exception as e:  # noqa: BLE001 - answered as a 500 with an OpenAI-style body, and logged
+            err = APIError(500, f"generation failed: {type(e).__name__}: {e}")
+            service.record_error(req, err, t0, ts, user)
+            raise err from e
         headers = {"x-request-id": req.id, "x-gmpo-fallback": str(int(out.fallback))}
         if out.route.arm:
             headers["x-gmpo-arm"] = out.route.arm

@@ -182,11 +182,12 @@ class Scheduler:
 
     def _run(self, batch: list[Job]) -> None:
         """One ``generate`` call for a batch of same-key jobs; resolve each job's future."""
+        batch = [j for j in batch if j.future.set_running_or_notify_cancel()]  # drop jobs whose client went away
+        if not batch:
+            return
         served, params = batch[0].served, batch[0].params
         prompts = [p for j in batch for p in j.prompts]
         bid = next(self._batch_ids)
-        for j in batch:
-            j.future.set_running_or_notify_cancel()
         with self._cond:
             self.running[served.name] += len(batch)
         t0 = time.perf_counter()

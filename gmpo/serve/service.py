@@ -211,7 +211,8 @@ class Service:
     def record_error(self, req: GenRequest | None, err: APIError, t0: float, ts: float, user: str = "") -> None:
         """Metrics and the log row of a request answered with an error."""
         model = req.model if req is not None else ""
-        self.metrics.failure.labels(model, str(err.status)).inc()
+        known = self.pool.get(model) is not None or (self.router.experiment and model == self.router.experiment.name)
+        self.metrics.failure.labels(model if known else "unknown", str(err.status)).inc()  # bounded label values
         if req is None:
             return
         r = getattr(err, "route", None) or Route(req.model)
