@@ -256,3 +256,19 @@ def test_token_protected_page_works_live(browser, tmp_path):
         ctx.close()
     finally:
         srv.close()
+
+
+def test_serving_only_dashboard(browser, tmp_path):
+    srv = DashboardServer("--serve-db", make_request_log(tmp_path / "requests.db"))
+    try:
+        pg = browser.new_page()
+        errors = []
+        pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        pg.goto(srv.base + "/")
+        pg.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert pg.locator("#training").is_hidden() and pg.locator("#runs-bar").is_hidden()
+        assert pg.locator("#serving").is_visible() and pg.locator("#card-latency .value").inner_text().endswith(" ms")
+        assert pg.evaluate("window.__dash.serveCharts.serve_rps.points()") == 120 and errors == []
+        pg.close()
+    finally:
+        srv.close()

@@ -286,6 +286,10 @@
     buildRunsBar();
     buildCharts();
     initSamples();
+    if (!D.meta.runs.length) {  // serving only: no training sections
+      for (const id of ["runs-bar", "training", "heatmap", "compare", "samples"]) document.getElementById(id).hidden = true;
+      for (const a of document.querySelectorAll("nav a")) a.hidden = a.getAttribute("href") !== "#serving";
+    }
     if (D.meta.serve) window.GDServe.init(document.getElementById("serve-body"));
     else document.getElementById("serve-body").appendChild(el("p", { class: "hint" },
       "No request log: start the dashboard with --serve-db PATH (the --log-db of `gmpo serve`) to see the serving fleet."));
