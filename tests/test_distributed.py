@@ -103,9 +103,11 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(two_ranks, tiny_mo
     print(case, "max |w_2ranks - w_1process|", _max_diff(ref, w0), "moved", moved)
     assert _max_diff(ref, w0) < ATOL, (case, _max_diff(ref, w0), moved)
     dm = rep["metrics"]
-    for key in ("loss/value", "grad/norm", "reward/mean"):
+    for key in ("loss/value", "grad/norm"):
         assert dm[key] == pytest.approx(m[key], rel=1e-5, abs=1e-7), key
-    assert dm["rollout/groups_kept"] == 4 and dm["reward/mean"] == m["reward/mean"]
+    assert dm["rollout/groups_kept"] == 4
+    if case != "dapo":  # reward/* cover every completion sampled; dapo's ranks also sampled groups they dropped
+        assert dm["reward/mean"] == m["reward/mean"]
     if case != "gmpo_skip":  # token metrics cover the rows that ran: with skipping, fewer than the reference's
         for key in ("ratio/token_max", "ratio/token_p99", "clip/frac_low", "policy/kl", "policy/entropy"):
             assert dm[key] == pytest.approx(m[key], rel=1e-4, abs=1e-6), key
@@ -115,7 +117,7 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(two_ranks, tiny_mo
             for n, p in t.model.named_parameters():
                 p.copy_(w0[n])
         t.engine.sync_weights(t.model)
-        assert rep["eval"] == t.evaluate()
+        assert 0 < rep["eval"] < 1 and rep["eval"] == t.evaluate()
     if case == "gmpo_skip":
         assert dm["perf/rows_trained_frac"] == 0.5  # rank 0's rows were all inert and ran no forward
         assert m["perf/rows_trained_frac"] == 1.0

@@ -27,8 +27,9 @@ CASES = {  # scenario -> algorithm section and train overrides
 
 
 def parity_reward(prompts, completions, **columns):
-    """1 when the completion's character codes sum to an even number: signal inside every group."""
-    return [float(sum(map(ord, c)) % 2 == 0) for c in completions]
+    """1 when the prompt's and the completion's character codes sum to an even number: signal inside the
+    groups, and a held-out accuracy strictly between 0 and 1 even when greedy completions look alike."""
+    return [float((sum(map(ord, p)) + sum(map(ord, c))) % 2 == 0) for p, c in zip(prompts, completions)]
 
 
 def rank0_flat_reward(prompts, completions, **columns):
