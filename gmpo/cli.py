@@ -18,6 +18,8 @@ COMMANDS = {
     "promote": ("gmpo.commands.promote", "promote a registered candidate to production through an eval gate"),
     "rollback": ("gmpo.commands.rollback", "roll production back to the previous version"),
     "continual": ("gmpo.commands.continual", "safe continual learning: validate, probe, train, gate each new batch"),
+    "cai": ("gmpo.commands.cai", "Constitutional AI data: critique -> revision generation from a constitution (resumable)"),
+    "sft": ("gmpo.commands.sft", "supervised fine-tuning on (prompt, response) pairs, loss on response tokens only"),
 }
 
 

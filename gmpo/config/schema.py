@@ -200,6 +200,19 @@ class GuardConfig:
 
 
 @dataclass
+class SFTConfig:
+    dataset: str = ""  # (prompt, response) data for `gmpo sft`: a local file/dir (jsonl, json, parquet) or an HF dataset name, e.g. the sft split of `gmpo cai generate`
+    split: str = "train"  # split of `dataset` (a slice such as 'train[:-50]' works)
+    prompt_field: str = "prompt"  # column holding the user prompt (rendered with data.template / data.system_prompt)
+    response_field: str = "response"  # column holding the target response (the only tokens the loss sees)
+    eval_size: int = 0  # pairs held out from the end of the data for eval/loss (0 = none)
+    batch_size: int = 8  # sequences per optimizer step (accumulated over train.micro_batch_size)
+    max_seq_tokens: int = 1024  # prompt + response tokens kept per sequence (longer responses are cut; a prompt over this is an error naming the row)
+    bucket: bool = True  # length bucketing: batches of similar length (less padding) drawn from seeded windows of bucket_window batches
+    bucket_window: int = 32  # batches per bucketing window (sorted by length inside a window, batch order shuffled)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -211,3 +224,4 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)  # training guard: stability detectors and their actions
+    sft: SFTConfig = field(default_factory=SFTConfig)  # supervised fine-tuning (`gmpo sft`): data, batching

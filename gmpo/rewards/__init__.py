@@ -26,6 +26,7 @@ from gmpo.rewards.builtin import (  # noqa: E402  (registers the built-ins)
 )
 from gmpo.rewards.runner import RewardError, RewardResult, RewardRunner  # noqa: E402
 from gmpo.rewards import code as _code  # noqa: E402,F401  (registers code_tests and code_format)
+from gmpo.rewards import judge as _judge  # noqa: E402,F401  (registers constitution_judge)
 
 __all__ = [
     "REWARDS",
