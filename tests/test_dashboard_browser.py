@@ -209,6 +209,10 @@ def test_serving_panel_renders(page, server, shots):
                                    "serve_ttft": 30}
     marks = page.locator('[data-chart="serve_quality"] .guard-mark')
     assert sorted(marks.evaluate_all("ms => ms.map(m => m.dataset.action)")) == ["breaker_close", "breaker_open"]
+    region = page.locator('[data-chart="serve_quality"] .region.open')  # open from T0+300 to T0+420 of ~600 s
+    assert region.count() == 1 and region.get_attribute("title") == "b: breaker open"
+    plot_w = page.locator('[data-chart="serve_quality"] .u-over').bounding_box()["width"]
+    assert region.bounding_box()["width"] == pytest.approx(plot_w * 120 / (summary["timeline"]["x"][-1] - summary["timeline"]["x"][0]), rel=0.05)
     arms = page.locator("#serve-arms tr")
     assert arms.count() == 3 and "closed" in arms.nth(2).inner_text()
     assert "breaker_open" in page.locator("#serve-events").inner_text()

@@ -55,6 +55,17 @@
     return byPx.size;
   }
 
+  // Shaded x intervals (e.g. a circuit breaker's open periods) under the marks: [{x0, x1, cls, text}].
+  function placeRegions(layer, regions, toPx, width) {
+    for (const r of regions || []) {
+      const a = Math.max(0, toPx(r.x0)), b = Math.min(width, toPx(r.x1));
+      if (!(b > a)) continue;
+      const div = el("div", { class: "region " + (r.cls || ""), title: r.text || "" });
+      div.style.left = a + "px"; div.style.width = (b - a) + "px";
+      layer.insertBefore(div, layer.firstChild);
+    }
+  }
+
   class LineChart {
     // def: {id, title, help, log_y}; opts: {time, stepped, xLabel, yRange, height, noZoom, onZoom, onReset, emptyText}
     constructor(parent, def, opts) {
@@ -76,8 +87,8 @@
       this.note.textContent = "";
     }
     // x: [..]; series: [{label, color, dash, width, data, points, fillTo}]; bands: [[hiIdx, loIdx, fill]]
-    update(x, series, bands, note, marks) {
-      this.marks = marks || [];
+    update(x, series, bands, note, marks, regions) {
+      this.marks = marks || []; this.regions = regions || [];
       if (!series.length || !x.length) { this.empty(this.opts.emptyText || "no data yet"); return; }
       const logY = !!this.def.log_y;
       const data = [x, ...series.map((s) => logY ? s.data.map((v) => (v > 0 ? v : null)) : s.data)];
@@ -104,7 +115,11 @@
         }))),
         bands: (bands || []).map(([hi, lo, fill]) => ({ series: [hi, lo], fill })),
         hooks: {
-          draw: [(u) => { self.nMarks = placeMarks(self.layer(u), self.marks, (v) => u.valToPos(v, "x"), u.over.clientWidth); }],
+          draw: [(u) => {
+            const layer = self.layer(u), toPx = (v) => u.valToPos(v, "x");
+            self.nMarks = placeMarks(layer, self.marks, toPx, u.over.clientWidth);
+            placeRegions(layer, self.regions, toPx, u.over.clientWidth);
+          }],
           setSelect: [(u) => {
             if (u.select.width < 3 || !self.opts.onZoom) return;
             const a = u.posToVal(u.select.left, "x"), b = u.posToVal(u.select.left + u.select.width, "x");

@@ -69,14 +69,21 @@
       card("Fallback rate (latest)", fb.length ? (fb[fb.length - 1] * 100).toFixed(1) + "%" : "–", "share answered by the fallback model", "Fallback share of the newest time bucket."));
     const arms = d.arms || [];
     const color = (i) => PALETTE[i % PALETTE.length];
-    const bmarks = [];
+    const bmarks = [], open = [];  // breaker events, and the periods each arm's breaker stayed open
     for (const [arm, b] of Object.entries(d.breakers || {})) {
-      for (const e of b.events) bmarks.push({ x: e.ts, cls: e.kind, text: `${arm}: ${e.kind.replace("_", " ")}${e.message ? " · " + e.message : ""}` });
+      let since = null;
+      for (const e of b.events) {
+        bmarks.push({ x: e.ts, cls: e.kind, text: `${arm}: ${e.kind.replace("_", " ")}${e.message ? " · " + e.message : ""}` });
+        if (e.kind === "breaker_open" && since === null) since = e.ts;
+        if (e.kind === "breaker_close" && since !== null) { open.push({ x0: since, x1: e.ts, cls: "open", text: `${arm}: breaker open` }); since = null; }
+      }
+      if (since !== null) open.push({ x0: since, x1: Math.max(d.t1 || since, since), cls: "open", text: `${arm}: breaker open (still)` });
     }
     if (tl) {
       P.charts.serve_rps.update(tl.x, arms.map((a, i) => ({ label: a, color: color(i), data: tl.rps[a] }))
         .concat([{ label: "errors/s", color: "#dc2626", dash: [4, 3], data: tl.errors_per_s }]), [], `bucket ${tl.bucket_s.toFixed(1)} s`, []);
-      P.charts.serve_quality.update(tl.x, arms.map((a, i) => ({ label: a, color: color(i), data: tl.quality[a], points: true })), [], "", bmarks);
+      P.charts.serve_quality.update(tl.x, arms.map((a, i) => ({ label: a, color: color(i), data: tl.quality[a], points: true })), [],
+        open.length ? "shaded: a breaker was open" : "", bmarks, open);
       P.charts.serve_fallback.update(tl.x, [{ label: "fallback rate", color: "#7c3aed", data: tl.fallback_rate }], [], "", []);
     }
     for (const [key, id] of [["latency", "serve_latency"], ["ttft", "serve_ttft"]]) {
