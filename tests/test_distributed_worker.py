@@ -106,6 +106,9 @@ def run_case(name: str, out: Path, tiny: Path, rank: int) -> None:
     """One step of `name` (see CASES)."""
     import torch
 
+    import gmpo.train.dist as D
+
+    D.BUCKET_BYTES = 4096 if name == "grpo_batch_adv" else 64 * 2**20  # many small gradient buckets once
     algo, train = CASES[name]
     reward = "rank0_flat_reward" if name == "gmpo_skip" else "parity_reward"
     t = _trainer(config_dict(tiny, out / "run", algo, train, reward=reward))

@@ -32,6 +32,7 @@ import torch.distributed as td
 from gmpo import seeding
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+BUCKET_BYTES = 64 * 2**20  # gradient all-reduce bucket (the extra memory a synchronisation needs)
 
 
 class RankFailure(RuntimeError):
@@ -142,9 +143,10 @@ class Dist:
         return sum(counts[: self.rank]), sum(counts)
 
     def sync_gradients(self, params: list[torch.nn.Parameter], loss: torch.Tensor, ratio: dict) -> torch.Tensor:
-        """Sum gradients, the mini-batch loss and the token-ratio extremes over ranks (one flat buffer each).
+        """Sum gradients and the mini-batch loss over ranks, reduce the token-ratio extremes.
 
-        A parameter without a gradient (this rank ran no rows) contributes zeros. Returns the global loss;
+        Gradients travel in flat buckets of about BUCKET_BYTES (one all-reduce each, bounded extra memory);
+        a parameter without a gradient (this rank ran no rows) contributes zeros. Returns the global loss;
         `ratio` ("min", "max") is reduced in place.
         """
         grads = []
@@ -152,18 +154,29 @@ class Dist:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
-        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1).to(grads[0].dtype)])  # (P+1,)
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for i, g in enumerate(grads):
+            bucket.append(g)
+            size += g.numel() * g.element_size()
+            if size >= BUCKET_BYTES or i == len(grads) - 1:
+                self._sum_bucket(bucket)
+                bucket, size = [], 0
+        ext = torch.stack([loss.detach().float().reshape(()), ratio["max"].float(), -ratio["min"].float()]).to(self.device)
+        total = self.all_reduce(ext[:1].clone(), "sum", "mini-batch loss")
+        self.all_reduce(ext, "max", "token-ratio extremes")  # one MAX for max and -min
+        ratio["max"], ratio["min"] = ext[1].to(ratio["max"].device), (-ext[2]).to(ratio["min"].device)
+        return total[0].to(loss.device)
+
+    def _sum_bucket(self, grads: list[torch.Tensor]) -> None:
+        """All-reduce SUM gradient tensors through one flat float32 buffer, then copy the sums back."""
+        flat = torch.cat([g.reshape(-1).float() for g in grads])  # (n,) float32 on the gradients' device
         self.all_reduce(flat, "sum", "gradient all-reduce")
-        flat_scale = flat[:-1]
         i = 0
         for g in grads:
             n = g.numel()
-            g.copy_(flat_scale[i:i + n].view_as(g))
+            g.copy_(flat[i:i + n].view_as(g))
             i += n
-        ext = torch.stack([ratio["max"].float(), -ratio["min"].float()]).to(self.device)  # one MAX for both
-        self.all_reduce(ext, "max", "token-ratio extremes")
-        ratio["max"], ratio["min"] = ext[0].to(ratio["max"].device), (-ext[1]).to(ratio["min"].device)
-        return flat[-1].to(loss.device)
 
     def reduce_scalars(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Cross-rank reduction of per-rank 0-d metrics by name: '*max*' -> max, '*min*' -> min, else the mean
