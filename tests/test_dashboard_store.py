@@ -93,7 +93,8 @@ def test_log_hist_bins_like_the_trainer():
     """The synthetic runs bin exactly as the trainer's telemetry does (right-closed bins, contract edges)."""
     import torch
 
-    from gmpo.telemetry.collector import LOG_RATIO_EDGES, log_ratio_histogram
+    from gmpo.telemetry.bins import LOG_RATIO_EDGES
+    from gmpo.telemetry.collector import log_ratio_histogram
 
     from gmpo.dashboard.series import HIST_BINS, HIST_HI, HIST_LO
     assert (HIST_LO, HIST_HI, HIST_BINS + 1) == (LOG_RATIO_EDGES[0], LOG_RATIO_EDGES[-1], len(LOG_RATIO_EDGES))

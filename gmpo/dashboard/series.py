@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# ratio/log_hist: [l <= -1, 40 equal bins (e_i, e_i+1] over (-1, 1], l > 1] (gmpo.telemetry.collector.LOG_RATIO_EDGES;
-# restated here because that module imports torch, which the dashboard never loads).
-HIST_LO, HIST_HI, HIST_BINS = -1.0, 1.0, 40
+from gmpo.telemetry.bins import LOG_RATIO_EDGES, LOG_RATIO_KEY
+
+# ratio/log_hist: [l <= -1, 40 equal bins (e_i, e_i+1] over (-1, 1], l > 1] (gmpo.telemetry.bins, torch-free)
+HIST_LO, HIST_HI, HIST_BINS = LOG_RATIO_EDGES[0], LOG_RATIO_EDGES[-1], len(LOG_RATIO_EDGES) - 1
 HIST_LEN = HIST_BINS + 2
-HIST_KEY = "ratio/log_hist"
+HIST_KEY = LOG_RATIO_KEY
 
 
 @dataclass(frozen=True)

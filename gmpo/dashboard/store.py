@@ -17,7 +17,6 @@ keeps the last record per step.
 """
 from __future__ import annotations
 
-import re
 import threading
 from collections import deque
 from pathlib import Path
@@ -27,9 +26,8 @@ import numpy as np
 import yaml
 
 from gmpo.dashboard.series import HIST_KEY, HIST_LEN, clip_range
-from gmpo.runs.files import ALERTS, CONFIG, METRICS, SAMPLES, JsonlTail
+from gmpo.runs.files import ALERTS, CONFIG, METRICS, SAMPLES, JsonlTail, run_identity
 
-_NAME = re.compile(r"^(?P<algo>.+)-s(?P<seed>\d+)$")  # the '<algo>-s<seed>' directory names of `gmpo compare`
 SAMPLE_TEXT_MAX = 4000  # characters kept of a sample's prompt / completion
 _NUMERIC = (int, float, bool)  # JSON numbers (bool: 0/1); compared by class, the fastest test
 
@@ -207,14 +205,7 @@ class RunStore:
         """Static facts of the run: id, name, path, algorithm, seed, clip range, eval size."""
         algo_cfg = self.config.get("algorithm")
         algo_cfg = algo_cfg if isinstance(algo_cfg, dict) else {}
-        algo = algo_cfg.get("loss")
-        train = self.config.get("train")
-        seed = train.get("seed") if isinstance(train, dict) else None
-        m = _NAME.match(self.path.name)
-        if not isinstance(algo, str):
-            algo = m.group("algo") if m else None
-        if seed is None and m:
-            seed = int(m.group("seed"))
+        algo, seed = run_identity(self.path, self.config)
         try:
             clip = clip_range(algo, algo_cfg.get("eps_low"), algo_cfg.get("eps_high"))
         except (TypeError, ValueError) as e:  # a hand-edited config: show the run, say why the clip is missing

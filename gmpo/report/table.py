@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from gmpo.runs.files import read_alerts, read_metrics
+from gmpo.runs.files import CONFIG, read_alerts, read_metrics, run_identity
 
-_NAME = re.compile(r"^(?P<algo>.+)-s(?P<seed>\d+)$")
 
 
 @dataclass
@@ -49,17 +47,9 @@ def load_run(run_dir: str | Path) -> Run:
     mfile = d / "metrics.jsonl"
     if not mfile.is_file():
         raise FileNotFoundError(f"{d}: no metrics.jsonl (is this a gmpo run directory?)")
-    algo, seed = None, None
-    cfg_file = d / "config.yaml"
-    if cfg_file.is_file():
-        cfg = yaml.safe_load(cfg_file.read_text()) or {}
-        algo = (cfg.get("algorithm") or {}).get("loss")
-        seed = (cfg.get("train") or {}).get("seed")
-    m = _NAME.match(d.name)
-    if algo is None:
-        algo = m.group("algo") if m else d.name
-    if seed is None:
-        seed = int(m.group("seed")) if m else 0
+    cfg_file = d / CONFIG
+    algo, seed = run_identity(d, yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None)
+    algo, seed = algo or d.name, seed if seed is not None else 0
     alerts = read_alerts(d)
     by_action: dict[str, int] = {}
     for a in alerts:

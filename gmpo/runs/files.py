@@ -10,10 +10,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
 METRICS, ALERTS, SAMPLES, CONFIG = "metrics.jsonl", "alerts.jsonl", "samples.jsonl", "config.yaml"
+
+
+_COMPARE_NAME = re.compile(r"^(?P<algo>.+)-s(?P<seed>\d+)$")  # the '<algo>-s<seed>' directories of `gmpo compare`
+
+
+def run_identity(run_dir: str | Path, config: dict | None) -> tuple[str | None, int | None]:
+    """(algorithm, seed) of a run: from its config.yaml contents (`config`, a dict or None), else from a
+    ``<algo>-s<seed>`` directory name; None for what neither says."""
+    cfg = config if isinstance(config, dict) else {}
+    algo = (cfg.get("algorithm") or {}).get("loss") if isinstance(cfg.get("algorithm"), dict) else None
+    seed = (cfg.get("train") or {}).get("seed") if isinstance(cfg.get("train"), dict) else None
+    m = _COMPARE_NAME.match(Path(run_dir).name)
+    if not isinstance(algo, str):
+        algo = m.group("algo") if m else None
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        seed = int(m.group("seed")) if m else None
+    return algo, seed
 
 
 def _parse(line: str) -> dict | None:

@@ -12,6 +12,8 @@ from collections import defaultdict
 
 import torch
 
+from gmpo.telemetry.bins import LOG_RATIO_EDGES
+
 
 class Reducer:
     """Device-side running aggregates: weighted means, minima, maxima and concatenated samples."""
@@ -90,7 +92,6 @@ def quantiles(x: torch.Tensor, qs: list[float]) -> torch.Tensor:
     return torch.quantile(x, torch.tensor(qs, dtype=x.dtype, device=x.device))
 
 
-LOG_RATIO_EDGES = tuple(round(-1.0 + 0.05 * i, 10) for i in range(41))  # 40 equal bins over [-1, 1] (log space)
 
 
 def log_ratio_histogram(log_ratio: torch.Tensor) -> torch.Tensor:
