@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
             print("gmpo train: error: --nproc under torchrun: torchrun already started the ranks", file=sys.stderr)
             return 2
-        return launch(args.nproc, list(args.items))
+        return launch(args.nproc, list(args.items) + (["--dry-run"] if args.dry_run else []))
     from gmpo.train import GMPOTrainer
     from gmpo.train.dist import RankFailure, teardown
 
