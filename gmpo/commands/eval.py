@@ -28,6 +28,8 @@ import json
 import sys
 from pathlib import Path
 
+from gmpo.grading import DEFAULT_TIMEOUT
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `gmpo eval`."""
@@ -66,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="grading of a completion with no explicit final answer (\\boxed{}, <answer>, 'the answer is', "
                         "'####'): auto = its last number on GSM8K (lm-eval's flexible extract), wrong elsewhere; "
                         "last-number / none = everywhere (truncated completions never use it)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds allowed per answer comparison (then: wrong)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds allowed per answer comparison, then wrong (default {DEFAULT_TIMEOUT:g}; slow ones in a batch share one timeout)")
     p.add_argument("--no-resume", action="store_true", help="start afresh: overwrite an existing per-problem jsonl")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--check-grader", action="store_true",

@@ -80,6 +80,22 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if not cfg.rewards:
         raise ConfigError("rewards: at least one reward function is needed")
+    _check_rewards(cfg.rewards)
+
+
+def _check_rewards(specs) -> None:
+    """Registered reward names and their options are checked here (torch-free); user code 'module:function'
+    is imported and checked when the trainer builds its reward runner."""
+    from gmpo.rewards import check_spec
+
+    for i, spec in enumerate(specs):
+        name = spec.name
+        if not isinstance(name, str) or ":" in name:
+            continue
+        try:
+            check_spec(name, spec.kwargs)
+        except ValueError as e:
+            raise ConfigError(f"rewards[{i}]: {e}") from None
 
 
 def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -104,7 +120,12 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
             continue
         default = getattr(inst, f.name)
         if f.name == "rewards":
-            rows.append((key, "[{name: math_answer, weight: 1.0}]", "list of {name, weight, kwargs} reward functions"))
+            from gmpo.rewards import available
+
+            names = ", ".join(available())
+            rows.append((key, "[{name: math_answer, weight: 1.0}]", "list of {name, weight, kwargs} reward functions: "
+                         f"a registered name ({names}; options in `gmpo train --help` of each) or 'module:function' / "
+                         "'path/file.py:function'"))
             continue
         rows.append((key, repr(default), _fill(comments.get(f.name, ""), key)))
     return rows

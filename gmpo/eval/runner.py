@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gmpo.eval.benchmarks import Problem, load_benchmark, resolve_names
 from gmpo.eval.metrics import average, primary_metric, summarize
-from gmpo.grading import grade, grader_stats
+from gmpo.grading import DEFAULT_TIMEOUT, grade, grade_batch, grader_stats
 
 # stop strings per template: the R1 template closes its answer with </answer> (understand-r1-zero)
 _TEMPLATE_STOPS = {"r1": ["</answer>"]}
@@ -111,11 +111,13 @@ def _records(name: str, batch: list, texts: list[str], rollout, settings: EvalSe
     """Grade a generated batch: one per-problem record (completions, extracted answers, verdicts) each."""
     samples = settings.samples
     lengths, truncated = rollout.lengths.tolist(), rollout.truncated.tolist()
+    graded = grade_batch(list(rollout.texts), [p.gold for p in batch for _ in range(samples)], timeout,
+                         questions=[p.question for p in batch for _ in range(samples)], truncated=truncated,
+                         last_number=last_number)  # one math-verify batch: slow answers share one timeout
     out = []
     for i, (p, text) in enumerate(zip(batch, texts)):
         rows = range(i * samples, (i + 1) * samples)
-        results = [grade(rollout.texts[r], p.gold, timeout, question=p.question, truncated=truncated[r],
-                         last_number=last_number) for r in rows]
+        results = [graded[r] for r in rows]
         out.append({"benchmark": name, "index": p.index, "settings": asdict(settings), "prompt": text,
                     "gold": p.gold, "completions": [rollout.texts[r] for r in rows],
                     "preds": [g.pred for g in results], "correct": [g.correct for g in results],
@@ -126,7 +128,7 @@ def _records(name: str, batch: list, texts: list[str], rollout, settings: EvalSe
 def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | Path = "", limit: int = 0,
              max_new_tokens: int = 512, template: str = "chat", system_prompt: str = "", samples: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 32,
-             engine=None, bf16: bool = False, records_path: str | Path | None = None, timeout: float = 5.0,
+             engine=None, bf16: bool = False, records_path: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT,
              progress: bool = False, fallback: str = "auto") -> dict:
     """Evaluate ``model`` on ``benchmarks``; return the report dict written as ``results.json``.
 
@@ -211,7 +213,7 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
 def evaluate(model, tokenizer, benchmarks: list[str] | str, *, data_dir: str | Path = "", limit: int = 0,
              max_new_tokens: int = 512, template: str = "chat", engine=None, system_prompt: str = "",
              samples: int = 1, temperature: float = 0.0, batch_size: int = 32, bf16: bool = False,
-             seed: int = 0, timeout: float = 5.0, fallback: str = "auto") -> dict[str, float]:
+             seed: int = 0, timeout: float = DEFAULT_TIMEOUT, fallback: str = "auto") -> dict[str, float]:
     """Accuracy per benchmark, ``{name: pass@1}`` (greedy by default; ``mean@K`` when sampling).
 
     The trainer's hook: pass its rollout ``engine`` so evaluation decodes with the live policy weights,
@@ -229,7 +231,7 @@ def _first(gold):
 
 
 def check_grader(benchmarks: str | list[str], *, data_dir: str | Path = "", limit: int = 0,
-                 timeout: float = 5.0, show: int = 20) -> dict[str, dict]:
+                 timeout: float = DEFAULT_TIMEOUT, show: int = 20) -> dict[str, dict]:
     """Grade each benchmark's own reference solutions against its gold answers.
 
     Returns ``{name: {"n", "agree", "agreement", "disagreements": [{"index", "pred", "gold"}, ...],
