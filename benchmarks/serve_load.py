@@ -124,6 +124,21 @@ def start(cmd: list[str], port: int, log: Path, timeout: float = 300.0) -> subpr
     raise RuntimeError(f"server on port {port} did not start in {timeout:.0f}s")
 
 
+def batch_stats(port: int) -> tuple[float, float]:
+    """(sum of rows, number of batches) from gmpo serve's ``gmpo:batch_size`` histogram."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30,
+                     headers={"Authorization": f"Bearer {os.environ.get('GMPO_API_KEY', 'none')}"}).text
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith("gmpo:batch_size_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("gmpo:batch_size_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
 def memory_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of a process, in kB."""
     out = {}
@@ -252,7 +267,8 @@ def soak(url: str, pid: int, prompts: list[str], args) -> dict:
 def table(rows: list[dict]) -> list[str]:
     """Markdown rows of the level results, with the gmpo/naive throughput ratio."""
     out = ["| server | clients | requests | req/s | tokens/s | p50 s | p95 s | p99 s | TTFT p50 s | errors | "
-           "peak RSS MB | gmpo / naive req/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "peak RSS MB | rows per batch | gmpo / naive req/s |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     naive = {r["clients"]: r for r in rows if r["server"] == "naive"}
     for r in rows:
         ratio = ""
@@ -260,7 +276,8 @@ def table(rows: list[dict]) -> list[str]:
             ratio = f"**{r['req_s'] / naive[r['clients']]['req_s']:.1f}x**"
         out.append(f"| {r['server']} | {r['clients']} | {r['requests']} | {r['req_s']:.2f} | {r['tok_s']:.1f} | "
                    f"{r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['ttft_p50']:.2f} | {r['errors']} | "
-                   f"{r['hwm_mb']:.0f} | {ratio} |")
+                   f"{r['hwm_mb']:.0f} | {r['mean_batch']:.1f} | {ratio} |" if "mean_batch" in r else
+                   f"{r['hwm_mb']:.0f} | - | {ratio} |")
     return out
 
 
@@ -311,15 +328,23 @@ def main() -> int:
         for c in levels:
             total = max(c * args.requests_per_client, args.min_requests)
             for name, (proc, p) in procs.items():
+                before = batch_stats(p) if name == "gmpo serve" else None
                 res = asyncio.run(load_level(f"http://127.0.0.1:{p}/v1", "bench", prompts, c, total, args.max_tokens))
                 res.update(server=name, hwm_mb=memory_kb(proc.pid)["VmHWM"] / 1024)
+                if before is not None:
+                    after = batch_stats(p)
+                    res["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1)
                 rows.append(res)
                 print(f"{name:10s} c={c:3d}: {res['req_s']:.2f} req/s, {res['tok_s']:.1f} tok/s, p50 {res['p50']:.2f}s, "
-                      f"p99 {res['p99']:.2f}s, errors {res['errors']} {res['first_error'][:80]}", flush=True)
+                      f"p99 {res['p99']:.2f}s, errors {res['errors']} {res['first_error'][:80]}"
+                      + (f", {res['mean_batch']:.1f} rows per batch" if "mean_batch" in res else ""), flush=True)
     finally:
         for proc, _ in procs.values():
             proc.terminate()
-            proc.wait(60)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     lines = table(rows)
     print("\n".join(lines))
     if not args.no_write:

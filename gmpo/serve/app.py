@@ -38,17 +38,24 @@ def build_app(service):
     """The FastAPI application of a :class:`Service` (its lifespan closes the service: drain + log commit)."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
-
-    cfg = service.cfg
+    from fastapi import FastAPI
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        service.close(cfg.drain_timeout_s)
+        service.close(service.cfg.drain_timeout_s)
 
     app = FastAPI(title="gmpo serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    _add_guards(app, service.cfg)
+    _add_generation_routes(app, service)
+    _add_other_routes(app, service)
+    return app
+
+
+def _add_guards(app, cfg) -> None:
+    """Error bodies, the API key check and the body-size limit (before any route runs)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
 
     @app.exception_handler(APIError)
     async def _api_error(request, err: APIError):
@@ -72,23 +79,33 @@ def build_app(service):
                                               f"{cfg.max_body_bytes}").body(), status_code=413)
         return await call_next(request)
 
-    async def read_json(request: Request):
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > cfg.max_body_bytes:
-                raise APIError(413, f"the request body is larger than the limit of {cfg.max_body_bytes} bytes")
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON: {e}") from None
+
+async def read_json(request, limit: int):
+    """The request's JSON body, read up to ``limit`` bytes (413 past it, 400 when it is not JSON)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise APIError(413, f"the request body is larger than the limit of {limit} bytes")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the request body is not valid JSON: {e}") from None
+
+
+def _add_generation_routes(app, service) -> None:
+    """``/v1/chat/completions`` and ``/v1/completions`` (plain JSON or server-sent events)."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    cfg = service.cfg
 
     async def generate(request: Request, parse):
         t0, ts = time.perf_counter(), time.time()
         req = None
         user = request.headers.get(USER_HEADER, "")
         try:
-            req = parse(await read_json(request), cfg)
+            req = parse(await read_json(request, cfg.max_body_bytes), cfg)
             out = await service.generate(req, req.user or user, t0, ts)
         except APIError as err:
             service.record_error(req, err, t0, ts, user)
@@ -128,6 +145,13 @@ def build_app(service):
     async def completions(request: Request):
         return await generate(request, parse_completions)
 
+
+def _add_other_routes(app, service) -> None:
+    """``/v1/models``, ``/v1/feedback``, ``/metrics``, ``/health``."""
+    from fastapi import Request
+    from fastapi.responses import Response
+    from starlette.concurrency import run_in_threadpool
+
     @app.get("/v1/models")
     async def models():
         data = []
@@ -143,7 +167,7 @@ def build_app(service):
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):
-        body = await read_json(request)
+        body = await read_json(request, service.cfg.max_body_bytes)
         if not isinstance(body, dict):
             raise APIError(400, "the body must be an object {request_id, kind, value, comment?}")
         rid, kind, comment = body.get("request_id"), body.get("kind"), body.get("comment", "")
@@ -154,8 +178,6 @@ def build_app(service):
         if not isinstance(comment, str) or len(comment) > 4000:
             raise APIError(400, "'comment' must be a string of at most 4000 characters", "comment")
         value = _feedback_value(kind, body.get("value"))
-        from starlette.concurrency import run_in_threadpool
-
         if not await run_in_threadpool(service.reqlog.has_request, rid):
             raise APIError(404, f"no request with id {rid!r} in the request log", "request_id")
         service.reqlog.feedback(rid, kind, value, comment)
@@ -169,5 +191,3 @@ def build_app(service):
     async def health():
         return {"status": "ok", "models": service.pool.names(), "waiting": sum(service.scheduler.waiting().values()),
                 "running": sum(dict(service.scheduler.running).values())}
-
-    return app

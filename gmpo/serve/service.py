@@ -160,25 +160,27 @@ class Service:
         """Run one request end to end (raises APIError for 4xx/5xx answers); ``t0`` (perf_counter) and ``ts``
         (unix time) mark its arrival (default: now)."""
         t0, ts = t0 or time.perf_counter(), ts or time.time()
-        route = self.resolve(req, user)
+        req.user = req.user or user  # the X-GMPO-User header counts as the user when the body names none
+        route = self.resolve(req, req.user)
         try:
             served = self.pool.get(route.model)
             text, ids = self.encode(served, req)
             res = await self._run(served, req, ids)
+            # scorers may be slow (math-verify has a timeout): off the event loop
+            quality, scores = await asyncio.to_thread(self._score, text, res, req.reference)
+            fallback = False
+            answer_model, answer = served, res
+            fb_name = self.cfg.fallback_model
+            if self.monitor.needs_fallback(quality) and fb_name and fb_name != route.model:
+                fb = self.pool.get(fb_name)
+                fb_text, fb_ids = self.encode(fb, req)
+                answer = await self._run(fb, req, fb_ids)
+                fb_quality, _ = await asyncio.to_thread(self._score, fb_text, answer, req.reference)
+                scores = {**scores, "fallback_quality": fb_quality}
+                fallback, answer_model = True, fb
         except APIError as e:
             e.route = route  # the log records which arm the failed request was routed to
             raise
-        quality, scores = self._score(text, res, req.reference)
-        fallback = False
-        answer_model, answer = served, res
-        fb_name = self.cfg.fallback_model
-        if self.monitor.needs_fallback(quality) and fb_name and fb_name != route.model:
-            fb = self.pool.get(fb_name)
-            fb_text, fb_ids = self.encode(fb, req)
-            answer = await self._run(fb, req, fb_ids)
-            fb_quality, _ = self._score(fb_text, answer, req.reference)
-            scores = {**scores, "fallback_quality": fb_quality}
-            fallback, answer_model = True, fb
         self.monitor.observe(route.arm, quality)
         itl = res.compute_s / max(res.steps, 1)
         extra = {"experiment": route.experiment, "arm": route.arm, "served_model": answer_model.name,
