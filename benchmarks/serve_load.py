@@ -300,8 +300,14 @@ def main() -> int:
     ap.add_argument("--no-naive", action="store_true", help="only gmpo serve")
     ap.add_argument("--soak", type=int, default=0, help="soak: this many requests against gmpo serve instead")
     ap.add_argument("--soak-clients", type=int, default=16, help="concurrent clients of the soak")
+    ap.add_argument("--deadline", default="", help="HH:MM (UTC): start no new level after this time")
     ap.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args()
+    args.deadline_ts = 0.0
+    if args.deadline:
+        now = dt.datetime.now(dt.timezone.utc)
+        hh, mm = (int(x) for x in args.deadline.split(":"))
+        args.deadline_ts = now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
     levels = [int(x) for x in args.levels.split(",") if x]
     work = Path(tempfile.mkdtemp(prefix="serve_load_"))
     model = args.model
@@ -311,7 +317,7 @@ def main() -> int:
         model = str(save_tiny(work / "tiny"))
     prompts = questions(64)
     load_before = os.getloadavg()
-    procs, rows = {}, []
+    procs, rows, interrupted = {}, [], ""
     try:
         port = free_port()
         procs["gmpo serve"] = (start(serve_cmd(model, port, args.threads, work, args), port, work / "serve.log"), port)
@@ -326,6 +332,9 @@ def main() -> int:
             res = soak(f"http://127.0.0.1:{p}/v1", proc.pid, prompts, args)
             return report_soak(res, model, args, load_before)
         for c in levels:
+            if args.deadline and time.time() > args.deadline_ts:
+                interrupted = f"stopped before the {c}-client level: --deadline {args.deadline} passed"
+                break
             total = max(c * args.requests_per_client, args.min_requests)
             for name, (proc, p) in procs.items():
                 before = batch_stats(p) if name == "gmpo serve" else None
@@ -345,7 +354,7 @@ def main() -> int:
                 proc.wait(120)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    lines = table(rows)
+    lines = table(rows) + ([f"", f"({interrupted})"] if interrupted else [])
     print("\n".join(lines))
     if not args.no_write:
         write([f"## gmpo serve vs a naive per-request HF generate server ({dt.date.today().isoformat()})", "",

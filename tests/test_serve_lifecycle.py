@@ -143,3 +143,23 @@ def test_rollback_is_served_without_a_failed_request(tmp_path):
         versions = {v for (v,) in con.execute("SELECT model_version FROM requests")}
     assert kinds == ["model_reload"]
     assert versions == {"registry:policy@production v2", "registry:policy@production v1"}
+
+
+def test_several_models_by_path_each_loaded_once(tmp_path):
+    a, b = save_tiny(tmp_path / "a", seed=0), save_tiny(tmp_path / "b", seed=1)
+    cfg = ServeConfig(models=[ModelSpec.parse(f"alpha={a}"), ModelSpec.parse(str(b))], log_db=str(tmp_path / "r.db"))
+    assert [m.name for m in cfg.models] == ["alpha", "b"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ServerThread(cfg) as server:
+            client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0)
+            assert [m.id for m in client.models.list().data] == ["alpha", "b"]
+            pool = server.service.pool
+            loaded = {name: id(pool.get(name).model) for name in ("alpha", "b")}
+            texts = {name: client.completions.create(model=name, prompt="12 + 30 =", max_tokens=6, temperature=0)
+                     .choices[0].text for name in ("alpha", "b", "alpha")}
+            assert {name: id(pool.get(name).model) for name in ("alpha", "b")} == loaded  # no reload per request
+            assert texts["alpha"] == _greedy(a, "12 + 30 =")[:6] and texts["b"] == _greedy(b, "12 + 30 =")[:6]
+    finally:
+        torch.set_num_threads(threads)
