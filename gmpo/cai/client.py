@@ -29,13 +29,13 @@ class EngineClient:
     """Chat replies from an in-process model through gmpo's rollout engine (all conversations in one batch)."""
 
     def __init__(self, model, tokenizer, system_prompt: str = "", decode_batch_size: int = 64,
-                 stop: list[str] | None = None, backend: str = "engine"):
+                 stop: list[str] | None = None, backend: str = "engine", bf16: bool = False):
         from gmpo.data.prompts import PromptEncoder
         from gmpo.rollout import make_engine
 
         self.tokenizer = tokenizer
         self.encoder = PromptEncoder(tokenizer, "chat", system_prompt)
-        self.engine = make_engine(backend, model, tokenizer, bf16=False, decode_batch_size=decode_batch_size)
+        self.engine = make_engine(backend, model, tokenizer, bf16=bf16, decode_batch_size=decode_batch_size)
         self.stop = list(stop or [])
 
     def chat(self, conversations: list[list[dict]], max_new_tokens: int = 128, temperature: float = 0.7,

@@ -57,6 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--system-prompt", default="", help="system message for the in-process model ('' = none)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda (in-process model)")
     g.add_argument("--dtype", default="float32", help="float32 | bfloat16 (in-process model)")
+    g.add_argument("--bf16", choices=("auto", "true", "false"), default="auto",
+                   help="bf16 autocast for the in-process model (auto: where the device has fast bf16)")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
 
 
@@ -74,7 +76,8 @@ def _client(args):
         torch.set_num_threads(args.threads)
     device = models.resolve_device(args.device)
     model, tok = models.load_model(args.model, dtype=args.dtype, device=device)
-    return EngineClient(model.eval(), tok, args.system_prompt, decode_batch_size=max(args.batch_size, 1))
+    bf16 = models.bf16_supported(device) if args.bf16 == "auto" else args.bf16 == "true"
+    return EngineClient(model.eval(), tok, args.system_prompt, decode_batch_size=max(args.batch_size, 1), bf16=bf16)
 
 
 def run_generate(args) -> int:
