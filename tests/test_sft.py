@@ -94,3 +94,33 @@ def test_sft_errors_are_clear(tmp_path, tiny_model_dir, capsys):
     data = _data(tmp_path)
     assert main(_args(tiny_model_dir, data, tmp_path / "x", "sft.max_seq_tokens=10")) == 2
     assert "row 1: the prompt has" in capsys.readouterr().err
+
+
+def test_sft_consults_hooks_and_guard_before_each_update(tmp_path, tiny_model_dir):
+    from gmpo.config import load_config
+    from gmpo.guard import Guard
+    from gmpo.train.sft import SFTTrainer
+
+    class SkipSecond:
+        def __init__(self):
+            self.seen = []
+
+        def before_optimizer_step(self, trainer, step, stats):
+            self.seen.append((step, sorted(stats)))
+            return "skip" if step == 2 else "ok"
+
+    hook = SkipSecond()
+    cfg = load_config(None, _args(tiny_model_dir, _data(tmp_path), tmp_path / "h", "train.steps=3")[1:])
+    tr = SFTTrainer(cfg, hooks=[hook])
+    assert isinstance(tr.hooks.hooks[0], Guard)  # guard.enabled (the default) puts the training guard first
+    before = [p.detach().clone() for p in tr.params]
+    tr.start()
+    tr.step()
+    after_one = [p.detach().clone() for p in tr.params]
+    m2 = tr.step()
+    assert m2["optim/skipped"] == 1.0 and all(torch.equal(a, p) for a, p in zip(after_one, tr.params))
+    assert not all(torch.equal(a, b) for a, b in zip(before, after_one))
+    tr.step()
+    tr.close()
+    assert [s for s, _ in hook.seen] == [1, 2, 3]
+    assert hook.seen[0][1] == ["grad_norm", "loss", "nonfinite", "ratio/token_max", "ratio/token_min"]
