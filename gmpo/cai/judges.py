@@ -150,8 +150,11 @@ class LocalJudge(Judge):
         inp = torch.tensor([[pad] * (T - len(x)) + x for x in batch], device=dev)  # (B, T)
         mask = torch.tensor([[0] * (T - len(x)) + [1] * len(x) for x in batch], device=dev)  # (B, T)
         pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): positions restart after the left padding
-        with torch.no_grad():
-            logits = self.model(input_ids=inp, attention_mask=mask, position_ids=pos_ids).logits[:, -1].float()  # (B, V)
+        import inspect
+
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.model.forward).parameters else {}
+        with torch.no_grad():  # the lm_head runs on the last position only where the model allows it
+            logits = self.model(input_ids=inp, attention_mask=mask, position_ids=pos_ids, **keep).logits[:, -1].float()  # (B, V)
         lp = torch.log_softmax(logits, -1)
         diff = torch.logsumexp(lp[:, pos], -1) - torch.logsumexp(lp[:, neg], -1)  # (B,) log P(pos) - log P(neg)
         return torch.sigmoid(diff).tolist()  # P(pos) / (P(pos) + P(neg))
