@@ -133,8 +133,11 @@ def instrument(trainer, timer: PhaseTimer) -> None:
 
 
 def _wrap(obj, name: str, timer: PhaseTimer, phase: str) -> None:
+    import functools
+
     inner = getattr(obj, name)
 
+    @functools.wraps(inner)  # keeps torch's LR-scheduler marker on optimizer.step (no override warning)
     def timed(*args, **kwargs):
         with timer(phase):
             return inner(*args, **kwargs)

@@ -13,14 +13,14 @@ no-op defaults. The trainer calls them in registration order:
 Verdicts: ``"ok"`` (apply the update), ``"skip"`` (discard this update's gradient: no optimizer or
 scheduler step), or a :class:`Restore` (abandon the rest of the running step and return to a snapshot).
 Hooks never restore the trainer themselves: the trainer carries out a Restore in one place, between steps
-(:meth:`gmpo.train.Trainer.step`), then scales the learning rate by ``lr_factor`` (compounding over
+(:meth:`gmpo.train.GMPOTrainer.step`), then scales the learning rate by ``lr_factor`` (compounding over
 successive rollbacks) and retries the step with a fresh rollout seed. When several hooks answer, the most
 severe verdict wins (Restore > skip > ok); a stop is requested with ``trainer.request_stop(reason)``.
 
 ``step`` is the 1-based number of the rollout step being run; ``trainer.global_step`` counts completed
 steps. What a hook may call on the trainer: ``global_step``, ``run_dir``, ``snapshot()``,
-``load_last_checkpoint()``, ``save_checkpoint()``, ``request_stop(reason)``, ``attempt`` (how many times
-the running step has been retried after a rollback) and the counter ``events`` (increment it per event; it is
+``load_last_checkpoint()``, ``save_checkpoint()``, ``request_stop(reason)``, ``rollbacks`` (restores carried
+out so far in the run; every step after the k-th samples with retry-k seeds) and the counter ``events`` (increment it per event; it is
 logged as ``guard/events``). Hooks with ``state_dict()`` / ``load_state_dict()`` have their state saved in
 checkpoints.
 """

@@ -191,7 +191,7 @@ def update(model, forward, batch, spec, us: UpdateSettings, step: int, optimize,
     """``ppo_epochs`` passes of mini-batch updates on `batch`; returns (training FLOPs, verdict).
 
     optimize(loss, ratio, red) -> (moved: bool, verdict): clips, consults the hooks and steps the optimizer
-    (see :class:`gmpo.train.optimize.Optimize`). A verdict other than "ok"/"skip" (a restore requested by a
+    (see :func:`gmpo.train.optimize.optimizer_step`). A verdict other than "ok"/"skip" (a restore requested by a
     hook) abandons the rest of the step's updates and is returned for the trainer to carry out.
     """
     N, micro, dist = batch.n, us.micro_batch_size, us.dist
