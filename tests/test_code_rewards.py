@@ -146,5 +146,15 @@ def test_recipe_trains_one_step_with_the_code_reward(shared_data, tok, model, on
     metrics = tr.step()
     summary = tr.close()
     assert "reward/code_tests/mean" in metrics and metrics["reward/code_tests/mean"] == 0.0  # random weights
+    status = {k: v for k, v in metrics.items() if k.startswith("reward/code_tests/status/")}
+    assert sum(status.values()) == 4  # every completion of the step counted by outcome in the step metrics
     assert sum(v for k, v in code_tests.last_metrics.items() if k.startswith("status/")) == 2  # the 2 held-out
     assert summary["steps"] == 1 and summary["eval_after"] == 0.0
+
+
+def test_code_sources_load_through_the_data_path(shared_data):
+    """data.dataset may name MBPP: the one data loader routes code sources to their loader (tests as columns)."""
+    from gmpo.data.sources import load_prompts
+
+    ds = load_prompts(str(shared_data / "mbpp.jsonl"), "train")
+    assert len(ds) == 374 and {"prompt", "answer", "tests", "entry_point"} <= set(ds.column_names)

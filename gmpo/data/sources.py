@@ -313,7 +313,15 @@ def map_fields(ds, prompt_field: str, answer_field: str, where: str = "dataset",
 
 
 def load_prompts(source: str, split: str = "train", subset: str = "", prompt_field: str = "prompt", answer_field: str = "answer"):
-    """Load a source and map its fields: a ``datasets.Dataset`` with ``prompt``, ``answer`` and the rest."""
+    """Load a source and map its fields: a ``datasets.Dataset`` with ``prompt``, ``answer`` and the rest.
+
+    Code sources (MBPP, HumanEval: see :func:`gmpo.eval.code.is_code_source`) come with their tests as columns
+    for the ``code_tests`` reward.
+    """
+    from gmpo.eval.code import code_dataset, is_code_source
+
+    if is_code_source(source):
+        return code_dataset(source, split)
     ds, rows, word, where = load_source(source, split, subset, prompt_field, answer_field)
     return map_fields(ds, prompt_field, answer_field, where, word, rows)
 

@@ -43,8 +43,14 @@ def sample(engine, items: list[dict], params: SamplingParams, pad_id: int, devic
     )
 
 
-def score(batch: RolloutBatch, runner, *, zero_truncated: bool, overlong=None) -> int:
+def score(batch: RolloutBatch, runner, *, zero_truncated: bool, overlong=None,
+          fn_metrics: dict[str, float] | None = None) -> int:
     """Fill ``batch.rewards`` and ``batch.per_fn``; returns the number of reward-function errors.
+
+    A reward function that reports on its last call in a ``last_metrics`` dict (``code_tests``: outcome
+    counts ``status/*``, ``tests_passed_frac``, ``exec_s``) has them collected into `fn_metrics` as
+    ``reward/<fn>/<key>``: ``status/*`` counts add up over dynamic-sampling rounds, other values keep the list
+    of per-round values (averaged by :func:`rollout_metrics`).
 
     Final reward = weighted sum of the reward functions, 0 for truncated completions when
     `zero_truncated` (the paper's setting), plus ``overlong(lengths)`` (DAPO soft penalty) when given.
@@ -60,6 +66,14 @@ def score(batch: RolloutBatch, runner, *, zero_truncated: bool, overlong=None) -
     batch.rewards = total
     names = short_names(list(res.per_fn))
     batch.per_fn = {names[k]: v.detach().float().cpu() for k, v in res.per_fn.items()}
+    if fn_metrics is not None:
+        for f in runner.fns:
+            for key, value in (getattr(f.fn, "last_metrics", None) or {}).items():
+                name = f"reward/{names.get(f.name, f.name)}/{key}"
+                if key.startswith("status/"):
+                    fn_metrics[name] = fn_metrics.get(name, 0.0) + float(value)
+                else:
+                    fn_metrics.setdefault(name, []).append(float(value))
     return int(res.n_errors)
 
 
@@ -127,6 +141,7 @@ class RoundStats:
     rounds: int = 0
     groups: int = 0
     seeds: list[int] = field(default_factory=list)
+    fn_metrics: dict[str, float | list[float]] = field(default_factory=dict)  # reward/<fn>/<key> (see score)
     tokens: float = 0.0  # completion tokens sampled this step, every rank (set by rollout_metrics)
 
 
@@ -198,7 +213,8 @@ class Collector:
         t = time.perf_counter()
         b = sample(self.engine, items, params, self.pad_id, self.device)
         t2 = time.perf_counter()
-        st.errors += score(b, self.rewards, zero_truncated=rc.truncated_reward == "zero", overlong=overlong)
+        st.errors += score(b, self.rewards, zero_truncated=rc.truncated_reward == "zero", overlong=overlong,
+                           fn_metrics=st.fn_metrics)
         st.gen_s += t2 - t
         st.reward_s += time.perf_counter() - t2
         st.rounds += 1
@@ -210,7 +226,15 @@ def seen_arrays(seen: list[RolloutBatch], st: RoundStats) -> dict:
     return {"rewards": torch.cat([b.rewards for b in seen]), "lengths": torch.cat([b.lengths for b in seen]),
             "truncated": torch.cat([b.truncated for b in seen]),
             "per_fn": {name: torch.cat([b.per_fn[name] for b in seen]) for name in seen[0].per_fn},
-            "rounds": st.rounds, "groups": st.groups, "errors": st.errors}
+            "rounds": st.rounds, "groups": st.groups, "errors": st.errors, "fn_metrics": dict(st.fn_metrics)}
+
+
+def _merge_fn_metrics(parts: list[dict]) -> dict:
+    out: dict = {}
+    for p in parts:
+        for k, v in p.items():
+            out[k] = out.get(k, [] if isinstance(v, list) else 0.0) + v  # counts add, per-round values concatenate
+    return out
 
 
 def merge_arrays(parts: list[dict]) -> dict:
@@ -219,7 +243,8 @@ def merge_arrays(parts: list[dict]) -> dict:
     return {"rewards": cat("rewards"), "lengths": cat("lengths"), "truncated": cat("truncated"),
             "per_fn": {n: torch.cat([p["per_fn"][n] for p in parts]) for n in parts[0]["per_fn"]},
             "rounds": max(p["rounds"] for p in parts), "groups": sum(p["groups"] for p in parts),
-            "errors": sum(p["errors"] for p in parts)}
+            "errors": sum(p["errors"] for p in parts),
+            "fn_metrics": _merge_fn_metrics([p["fn_metrics"] for p in parts])}
 
 
 def rollout_metrics(seen: list[RolloutBatch], st: RoundStats, group_size: int, dist=None) -> dict[str, torch.Tensor | float]:
@@ -237,5 +262,6 @@ def rollout_metrics(seen: list[RolloutBatch], st: RoundStats, group_size: int, d
            "rollout/sampling_rounds": a["rounds"], "rollout/groups_kept": a["groups"], "reward/errors": a["errors"]}
     for name, v in a["per_fn"].items():
         out[f"reward/{name}/mean"] = v.mean()
+    out.update({k: (sum(v) / len(v) if isinstance(v, list) else v) for k, v in a["fn_metrics"].items()})
     st.tokens = float(a["lengths"].sum())  # completion tokens sampled this step (every rank)
     return out
