@@ -299,15 +299,16 @@ def test_limits_and_statuses(mode):
     assert collected.ok and collected.files == {"out.txt": "hello"}
 
 
-def test_parallel_pool_is_faster_than_one_slot(mode):
-    """Eight 0.5 s sleepers: one slot needs >= 4 s, four slots about 1 s (sleeping costs no CPU)."""
-    progs = ["import time\ntime.sleep(0.5)"] * 8
+def test_pool_runs_programs_at_the_same_time(mode):
+    """Four workers run four sleepers concurrently: their [start, end] wall-clock intervals overlap (a
+    correctness check of the pool's parallelism; programs/s is measured in benchmarks/code_sandbox.py)."""
+    progs = ["import time\nt0 = time.time()\ntime.sleep(2.0)\nprint(t0, time.time())"] * 4
     with SandboxPool(workers=4, isolation=mode) as pool:
-        t0 = time.monotonic()
         rs = pool.map(progs)
-        wall = time.monotonic() - t0
-    assert all(r.ok for r in rs)
-    assert wall < 3.5, f"4 workers took {wall:.1f} s for 8 x 0.5 s sleeps"
+    assert all(r.ok for r in rs), [r.status for r in rs]
+    spans = [tuple(map(float, r.stdout.split())) for r in rs]
+    latest_start, earliest_end = max(s for s, _ in spans), min(e for _, e in spans)
+    assert latest_start < earliest_end, f"no two programs ran at once: {spans}"
 
 
 def test_bad_limits_are_rejected():
