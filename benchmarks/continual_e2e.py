@@ -40,13 +40,16 @@ def make_batches(incoming: Path, rows: int, offset: int) -> None:
         (incoming / name).write_text("".join(json.dumps(r) + "\n" for r in batch))
 
 
-def make_recipe(out: Path, tiny: bool, steps: int) -> Path:
+def make_recipe(out: Path, tiny: bool, steps: int, threads: int = 0) -> Path:
     """The repository's continual recipe with this run's work_dir (and tiny-model sizes with --tiny)."""
     recipe = yaml.safe_load((ROOT / "configs" / "continual_arithmetic.yaml").read_text())
     gate = yaml.safe_load((ROOT / "configs" / "gate_arithmetic.yaml").read_text())
     recipe["work_dir"] = str(out / "work")
     recipe["train"]["recipe"] = str(ROOT / "configs" / "arithmetic_gmpo.yaml")
     recipe["train"]["overrides"]["train.steps"] = steps
+    if threads:
+        recipe["train"]["overrides"]["train.threads"] = threads
+        recipe["probe"]["overrides"]["train.threads"] = threads
     if tiny:
         from gmpo.testing import save_tiny
 
@@ -70,19 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="training steps per cycle")
     p.add_argument("--offset", type=int, default=1, help="batch 2's answers are the right ones + offset")
     p.add_argument("--tiny", action="store_true", help="the tiny random model (a fast smoke check of the pipeline)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default; 1 is much faster on an oversubscribed shared CPU)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     if (out / "registry.db").exists():
         print(f"{out}/registry.db exists: re-running resumes the recorded cycles (delete {out} to start afresh)")
     out.mkdir(parents=True, exist_ok=True)
     make_batches(out / "incoming", args.rows, args.offset)
-    recipe = make_recipe(out, args.tiny, args.steps)
+    recipe = make_recipe(out, args.tiny, args.steps, args.threads)
     load_before = os.getloadavg()
     t0 = time.time()
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     cmd = [sys.executable, "-m", "gmpo.cli", "continual", str(recipe), "--incoming", str(out / "incoming"),
            "--registry", str(out / "registry.db")]
     print("$ " + " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=ROOT)
+    rc = subprocess.call(cmd, cwd=ROOT, env=env)
     wall = time.time() - t0
 
     from gmpo.runs.continual import ContinualLoop, load_continual
