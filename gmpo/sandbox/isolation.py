@@ -49,7 +49,10 @@ _FALLBACK_SH = r"""
 set -e
 w="$1"; uid="$2"; shift 2
 mount --bind "$w" /tmp
-while [ "$1" != "--" ]; do mount -t tmpfs -o size=64k,mode=755,nosuid,nodev gmpo-mask "$1"; shift; done
+while [ "$1" != "--" ]; do
+  if [ -d "$1" ]; then mount -t tmpfs -o size=64k,mode=755,nosuid,nodev gmpo-mask "$1"; fi
+  shift
+done
 shift
 cd /tmp
 if [ -n "$uid" ]; then
@@ -134,6 +137,8 @@ def _masks(python: str, extra: tuple[str, ...]) -> tuple[str, ...]:
         p = p.resolve()
         s = str(p)
         if s in _KEEP or s == "/tmp" or s.startswith(("/proc/", "/sys/")) or p in prefix.parents or p == prefix:
+            continue
+        if s.startswith("/tmp/"):  # already hidden: the run's private directory replaces all of /tmp
             continue
         if any(s == o or s.startswith(o.rstrip("/") + "/") for o in out):
             continue
