@@ -77,10 +77,13 @@ def test_combinations_of_probe_values_are_checked(base):
 
 
 def test_reward_kwargs_and_optional_floats_are_searchable(base):
-    params = validate_space({"rewards.0.kwargs.scale": {"categorical": [0.5, 1.0]},
+    base = {**base, "rewards": [{"name": "math_answer", "weight": 1.0, "kwargs": {}}]}
+    params = validate_space({"rewards.0.kwargs.timeout": {"categorical": [0.5, 1.0]},
                              "algorithm.eps_high": {"uniform": [0.2, 0.6]},
                              "rollout.group_size": {"int": [4, 16], "step": 4}}, base)
     assert [p.probes() for p in params] == [[0.5, 1.0], [0.2, 0.6], [4, 16]]
+    # an option the reward does not have is caught before any trial runs
+    assert "no option 'scale'" in _err({"rewards.0.kwargs.scale": {"categorical": [0.5, 1.0]}}, base)
 
 
 def test_stability_is_scale_free_with_hand_values():
