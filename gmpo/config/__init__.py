@@ -7,11 +7,11 @@ from gmpo.config.build import (apply_overrides, from_dict, load_config, make_con
 from gmpo.config.check import choices, describe, markdown_reference, validate
 from gmpo.config.schema import (DEFAULT_MODEL, AlgorithmConfig, ArithmeticConfig, Config, ConfigError, DataConfig,
                                 EvalConfig, GuardConfig, LogConfig, LoraConfig, ModelConfig, OptimConfig,
-                                OverlongConfig, RewardSpec, RolloutConfig, TrainConfig)
+                                OverlongConfig, RewardSpec, RolloutConfig, SFTConfig, TrainConfig)
 
 __all__ = [
     "DEFAULT_MODEL", "AlgorithmConfig", "ArithmeticConfig", "Config", "ConfigError", "DataConfig", "EvalConfig",
     "GuardConfig", "LogConfig", "LoraConfig", "ModelConfig", "OptimConfig", "OverlongConfig", "RewardSpec",
-    "RolloutConfig", "TrainConfig", "apply_overrides", "choices", "describe", "from_dict", "load_config",
+    "RolloutConfig", "SFTConfig", "TrainConfig", "apply_overrides", "choices", "describe", "from_dict", "load_config",
     "make_config", "markdown_reference", "parse_override", "save_config", "to_dict", "validate",
 ]

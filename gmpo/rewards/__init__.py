@@ -1,9 +1,10 @@
 """Reward functions (TRL style ``f(prompts, completions, **columns) -> list[float]``) and the scoring runner.
 
-Built-ins (each registers itself next to its code: :mod:`gmpo.rewards.builtin`, :mod:`gmpo.rewards.code`):
+Built-ins (each registers itself next to its code):
 ``math_answer`` (math-verify equivalence with a timeout), ``gsm8k_answer`` (gold after ``#### ``),
 ``numeric_answer`` (exact number), ``arithmetic`` (the built-in task), ``format`` (boxed, R1 tags, or any
-regex), ``code_tests`` / ``code_format`` (sandboxed code execution). :func:`available` lists names, help
+regex), ``code_tests`` / ``code_format`` (sandboxed code execution, :mod:`gmpo.rewards.code`),
+``constitution_judge`` (an AI judge applying a constitution, :mod:`gmpo.rewards.judge`). :func:`available` lists names, help
 and options (for ``--help`` and config validation: :func:`check_spec`). User code:
 ``get_reward("package.module:function")`` or ``"path/file.py:function"``, or :func:`register_reward`.
 Importing this package does not import torch.
