@@ -274,10 +274,10 @@ def table(rows: list[dict]) -> list[str]:
         ratio = ""
         if r["server"] == "gmpo serve" and r["clients"] in naive and naive[r["clients"]]["req_s"] > 0:
             ratio = f"**{r['req_s'] / naive[r['clients']]['req_s']:.1f}x**"
+        batch = f"{r['mean_batch']:.1f}" if "mean_batch" in r else "-"
         out.append(f"| {r['server']} | {r['clients']} | {r['requests']} | {r['req_s']:.2f} | {r['tok_s']:.1f} | "
                    f"{r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['ttft_p50']:.2f} | {r['errors']} | "
-                   f"{r['hwm_mb']:.0f} | {r['mean_batch']:.1f} | {ratio} |" if "mean_batch" in r else
-                   f"{r['hwm_mb']:.0f} | - | {ratio} |")
+                   f"{r['hwm_mb']:.0f} | {batch} | {ratio} |")
     return out
 
 
