@@ -10,7 +10,7 @@ Rerunning the same command continues where it stopped (finished prompts are not 
 
 OUT/ receives full / sft / prefs as .jsonl and .parquet (sft: prompt -> final revision; prefs: chosen =
 final revision, rejected = initial answer), prompts/train.jsonl and prompts/eval.jsonl (the split),
-records.jsonl (progress) and meta.json (settings). See docs/cai.md.
+records.jsonl (progress) and meta.json (settings). See the README's Constitutional AI section.
 
 examples:
   gmpo cai generate --prompts ../shared/data/redteam_prompts.jsonl --model smollm2-135m-instruct \\

@@ -7,7 +7,7 @@ sft.batch_size, sft.max_seq_tokens, sft.bucket, sft.eval_size); model.*, optim.*
 steps), train.micro_batch_size, train.output_dir, train.save_every, train.resume, data.template /
 data.system_prompt (the chat template), log.*, guard.* and model.lora.* mean what they mean for `gmpo train`.
 The run directory gets config.yaml, metrics.jsonl (loss/value, grad/norm, eval/loss, sft/*), alerts.jsonl,
-checkpoints/ and `final` (a link to the last checkpoint's loadable model). See docs/cai.md.
+checkpoints/ and `final` (a link to the last checkpoint's loadable model). See the README's Constitutional AI section.
 
 example:
   gmpo sft configs/cai_sft.yaml sft.dataset=runs/cai/data/sft.jsonl train.steps=100

@@ -7,7 +7,7 @@ The recipe (YAML) is read, then every ``key.path=value`` override is applied (va
 (exit status 2). The run directory (``train.output_dir``) receives config.yaml (the resolved config),
 metrics.jsonl, samples.jsonl, checkpoints/ and, when enabled, tb/ and alerts.jsonl.
 
-Several processes (data parallel, see docs/distributed.md): ``gmpo train --nproc N CONFIG ...`` on one
+Several processes (data parallel, see the README's 'Several processes and machines' section): ``gmpo train --nproc N CONFIG ...`` on one
 machine, or ``torchrun --nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT ...] -m gmpo train CONFIG ...``.
 """
 from __future__ import annotations

@@ -40,7 +40,7 @@ _RESULT = ".result"
 # The harness (main.py). The solution and the tests come in files; a per-run key arrives on stdin and
 # signs the result, so a program that merely exits early (sys.exit, os._exit) or writes its own result
 # file cannot claim a pass. It runs in the same interpreter as the solution, so a program that searches
-# the interpreter's memory for the key could forge one: docs/code_rewards.md.
+# the interpreter's memory for the key could forge one: the README's 'Code rewards and the sandbox' section.
 HARNESS = r'''
 import hashlib as _h, hmac as _m, json as _j, os as _o, sys as _s
 

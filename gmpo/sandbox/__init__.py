@@ -9,7 +9,7 @@
 ``detect()`` picks bubblewrap where it works, else the fallback (new session and process group, rlimits,
 an unprivileged uid and network/mount namespaces when root); ``python -m gmpo.sandbox`` prints what was
 detected. Statuses: ok / failed / timeout / memory / crashed / sandbox-error. What the sandbox does and
-does not protect against: docs/code_rewards.md.
+does not protect against: the README's 'Code rewards and the sandbox' section.
 """
 from gmpo.sandbox.isolation import MODES, Isolation, SandboxUnavailable, detect, slot_uid
 from gmpo.sandbox.limits import STATUSES, Limits, Program, Result

@@ -188,7 +188,7 @@ def write_outputs(ctx) -> TuneResult:
     notes = [n for n in (imp_note,) if n] + [
         "Objective: " + ("two objectives (held-out accuracy, stability), Pareto front" if s.multi_objective
                          else f"{s.weights[0]} x held-out accuracy + {s.weights[1]} x stability")
-        + "; stability = 1 / (1 + coefficient of variation of the per-step gradient norm) (docs/tuning.md)."]
+        + "; stability = 1 / (1 + coefficient of variation of the per-step gradient norm) (README: Hyperparameter search)."]
     res.html = rep / "index.html"
     res.html.write_text(render_html(f"gmpo tune: {study.study_name}", summary, table, figures, notes))
     (out / "summary.json").write_text(json.dumps(
