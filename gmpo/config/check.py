@@ -120,9 +120,11 @@ def describe(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]
             continue
         default = getattr(inst, f.name)
         if f.name == "rewards":
-            from gmpo.rewards import available
+            from gmpo.rewards import REWARDS
 
-            names = ", ".join(available())
+            # gmpo's own rewards (a user's registered ones work too, but the help text stays the same everywhere)
+            names = ", ".join(n for n in REWARDS.names()
+                              if str(getattr(REWARDS.entry(n).target, "__module__", "")).startswith("gmpo."))
             rows.append((key, "[{name: math_answer, weight: 1.0}]", "list of {name, weight, kwargs} reward functions: "
                          f"a registered name ({names}; options in `gmpo train --help` of each) or 'module:function' / "
                          "'path/file.py:function'"))
