@@ -13,10 +13,9 @@ machine, or ``torchrun --nproc-per-node N [--nnodes M --rdzv-endpoint HOST:PORT 
 from __future__ import annotations
 
 import argparse
-import sys
-
 import os
 import subprocess
+import sys
 
 from gmpo.config import ConfigError, describe, load_config, to_dict
 
@@ -94,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
         return _train(GMPOTrainer, cfg, args)
     except RankFailure as e:
         print(f"gmpo train: error: {e}", file=sys.stderr, flush=True)
-        return 1
+        sys.stdout.flush()
+        # the process group is broken: destroying it can abort inside gloo (SIGABRT) and hide this exit code
+        os._exit(1)
     finally:
         teardown()
 
