@@ -35,7 +35,7 @@ def _check_timeout(kwargs: dict) -> None:
 _TIMEOUT_HELP = "seconds per math-verify comparison; a slower one scores 0 (slow ones of a batch share it)"
 
 
-def _text(x: Any) -> str:
+def as_text(x: Any) -> str:
     """A prompt/completion as text (TRL conversational lists: the last message's content)."""
     if isinstance(x, str):
         return x
@@ -110,8 +110,8 @@ def _gold_numbers(gold: Any, name: str) -> list[float]:
 
 def _final_answer(prompt: Any, completion: Any) -> tuple[str, str | None]:
     """(completion text, its final answer: :func:`gmpo.grading.final_answer` with the prompt as question)."""
-    text = _text(completion)
-    question = _text(prompt) if prompt is not None else None
+    text = as_text(completion)
+    question = as_text(prompt) if prompt is not None else None
     return text, grading.final_answer(text, question)
 
 
@@ -136,8 +136,8 @@ def math_answer(prompts, completions, answer=None, timeout: float = grading.DEFA
     comparisons of a batch share one timeout (:func:`gmpo.grading.grade_batch`), so they never stall a step.
     """
     golds = _golds(answer, len(completions), "math_answer")
-    questions = [_text(p) if p is not None else None for p in prompts]
-    results = grading.grade_batch([_text(c) for c in completions], golds, timeout, questions=questions)
+    questions = [as_text(p) if p is not None else None for p in prompts]
+    results = grading.grade_batch([as_text(c) for c in completions], golds, timeout, questions=questions)
     return [float(r.correct) for r in results]
 
 
@@ -196,7 +196,7 @@ def arithmetic_answer(prompts, completions, answer=None, **columns) -> list[floa
     base = numeric_answer(prompts, completions, answer=golds)
     out = []
     for b, c, g in zip(base, completions, golds):
-        found = numbers(_text(c))
+        found = numbers(as_text(c))
         out.append(float(b == 1.0 and bool(found) and _close(found[-1], _gold_numbers(g, "arithmetic"))))
     return out
 
@@ -235,8 +235,8 @@ def format_reward(prompts, completions, pattern: str | None = None, style: str |
     """
     compiled = _format_regex(pattern, style)
     if compiled is None:
-        return [float(bool(grading.extract_boxed(_text(c)))) for c in completions]
-    return [float(compiled.search(_text(c)) is not None) for c in completions]
+        return [float(bool(grading.extract_boxed(as_text(c)))) for c in completions]
+    return [float(compiled.search(as_text(c)) is not None) for c in completions]
 
 
 __all__ = ["FORMAT_STYLES", "arithmetic_answer", "format_reward", "gsm8k_answer", "math_answer", "numbers",

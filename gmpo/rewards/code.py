@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from gmpo.rewards.builtin import as_text
 from gmpo.rewards.runner import register_reward
 
 OUTCOMES = ("passed", "wrong_answer", "compile_error", "runtime_error", "no_code", "no_result", "timeout",
@@ -103,15 +104,6 @@ class CodeOutcome:
         if self.outcome not in ("passed", "wrong_answer") or self.total == 0:
             return 0.0
         return float(self.passed == self.total) if mode == "all" else self.passed / self.total
-
-
-def _text(x: Any) -> str:
-    """A completion as text (TRL conversational lists: the last message's content)."""
-    if isinstance(x, str):
-        return x
-    if isinstance(x, list) and x and isinstance(x[-1], dict) and "content" in x[-1]:
-        return str(x[-1]["content"])
-    raise TypeError(f"expected a string or a list of chat messages, got {type(x).__name__}: {str(x)[:80]!r}")
 
 
 def code_blocks(text: str) -> list[str]:
@@ -248,7 +240,7 @@ def code_tests(prompts, completions, mode: str = "all", block: str = "last", req
     prefix = _column(columns, n, "code_prefix") or [""] * n
     codes = []
     for c, e, pre in zip(completions, entries, prefix):
-        code = extract_code(_text(c), e, block, require_fence)
+        code = extract_code(as_text(c), e, block, require_fence)
         codes.append(None if code is None else (pre or "") + code)
     t0 = time.perf_counter()
     outs = run_tests(codes, tests, setups, pool=default_pool(isolation, workers),
@@ -272,7 +264,7 @@ def code_format(prompts, completions, require_closed: bool = True, **columns) ->
     ``require_closed=False``), else 0.0."""
     out = []
     for c in completions:
-        text = _text(c)
+        text = as_text(c)
         if require_closed:
             ok = any(m.group(1).lower() in _PY_LANGS and m.group(2).strip() and m.group(0).rstrip().endswith("```")
                      for m in _FENCE.finditer(text))
