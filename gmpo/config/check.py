@@ -80,6 +80,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if not cfg.rewards:
         raise ConfigError("rewards: at least one reward function is needed")
+    if cfg.train.parallel == "fsdp2" and cfg.model.lora.enabled:
+        raise ConfigError("train.parallel=fsdp2 does not support LoRA (model.lora.enabled=true): LoRA trains a few "
+                          "adapter weights, so use train.parallel=ddp")
     _check_rewards(cfg.rewards)
 
 

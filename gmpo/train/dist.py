@@ -16,6 +16,11 @@ same global batch (DESIGN.md section 3, "must not depend on how the batch is cut
 - the mini-batch loss and the token-ratio extremes are all-reduced, so the guard sees global statistics and
   every rank takes the same verdict (skip / rollback / stop) in the same place.
 
+Under ``train.parallel=fsdp2`` (``Dist.sharded``, see :mod:`gmpo.train.fsdp`) the weights are sharded and FSDP2
+reduce-scatters the gradients (summed, not averaged) inside each backward: :meth:`Dist.sync_gradients` then
+only reduces the loss and ratio extremes, and :meth:`Dist.lockstep` makes every rank run the same number of
+forwards. One process with fsdp2 joins a process group of one rank so the same code runs.
+
 Collectives run under the process-group timeout (``train.dist_timeout``): a rank that died or hangs makes
 the others raise :class:`RankFailure` with a message naming the collective instead of waiting forever.
 With one process (no ``WORLD_SIZE`` > 1 in the environment) nothing here runs: :func:`setup` returns None.
@@ -52,13 +57,15 @@ def backend_for(device: torch.device) -> str:
 @dataclass
 class Dist:
     """This process's place in the process group and the collectives a step needs (all ranks call them in
-    the same order). ``timeout_s`` is the process group's collective timeout."""
+    the same order). ``timeout_s`` is the process group's collective timeout; ``sharded``: the weights are
+    sharded with FSDP2 (``train.parallel=fsdp2``), so FSDP2 reduces the gradients and forwards run in lockstep."""
 
     rank: int
     world: int
     local_rank: int
     device: torch.device
     timeout_s: float
+    sharded: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -137,6 +144,13 @@ class Dist:
         """This rank's sampling seed, derived from the step's seed (the union is reproducible per world size)."""
         return seeding.derive_seed(seed, "rank", self.rank, "of", self.world)
 
+    def lockstep(self, n: int, what: str = "micro-batch count") -> int:
+        """How many forwards every rank runs where this rank needs `n`: the max over ranks when sharded (FSDP2
+        issues collectives inside every forward and backward; the short ranks pad), else `n` (no collective)."""
+        if not self.sharded:
+            return n
+        return int(self.all_reduce(torch.tensor([float(n)], device=self.device), "max", what).item())
+
     def row_layout(self, n_local: int) -> tuple[int, int]:
         """(offset of this rank's first row in the global batch, global row count): ranks in rank order."""
         counts = self.all_gather_object(int(n_local), "row counts")
@@ -145,10 +159,21 @@ class Dist:
     def sync_gradients(self, params: list[torch.nn.Parameter], loss: torch.Tensor, ratio: dict) -> torch.Tensor:
         """Sum gradients and the mini-batch loss over ranks, reduce the token-ratio extremes.
 
-        Gradients travel in flat buckets of about BUCKET_BYTES (one all-reduce each, bounded extra memory);
+        Sharded (FSDP2): the gradients were already summed by FSDP2's reduce-scatter in the backward; only
+        the loss and the extremes are reduced here. Otherwise gradients travel in flat buckets of about BUCKET_BYTES (one all-reduce each, bounded extra memory);
         a parameter without a gradient (this rank ran no rows) contributes zeros. Returns the global loss;
         `ratio` ("min", "max") is reduced in place.
         """
+        if not self.sharded:
+            self._sum_gradients(params)
+        ext = torch.stack([loss.detach().float().reshape(()), ratio["max"].float(), -ratio["min"].float()]).to(self.device)
+        total = self.all_reduce(ext[:1].clone(), "sum", "mini-batch loss")
+        self.all_reduce(ext, "max", "token-ratio extremes")  # one MAX for max and -min
+        ratio["max"], ratio["min"] = ext[1].to(ratio["max"].device), (-ext[2]).to(ratio["min"].device)
+        return total[0].to(loss.device)
+
+    def _sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """All-reduce SUM every parameter's gradient in buckets of about BUCKET_BYTES (zeros where None)."""
         grads = []
         for p in params:
             if p.grad is None:
@@ -162,11 +187,6 @@ class Dist:
             if size >= BUCKET_BYTES or i == len(grads) - 1:
                 self._sum_bucket(bucket)
                 bucket, size = [], 0
-        ext = torch.stack([loss.detach().float().reshape(()), ratio["max"].float(), -ratio["min"].float()]).to(self.device)
-        total = self.all_reduce(ext[:1].clone(), "sum", "mini-batch loss")
-        self.all_reduce(ext, "max", "token-ratio extremes")  # one MAX for max and -min
-        ratio["max"], ratio["min"] = ext[1].to(ratio["max"].device), (-ext[2]).to(ratio["min"].device)
-        return total[0].to(loss.device)
 
     def _sum_bucket(self, grads: list[torch.Tensor]) -> None:
         """All-reduce SUM gradient tensors through one flat float32 buffer, then copy the sums back."""
@@ -201,31 +221,37 @@ class Dist:
         return out
 
 
-def setup(device: torch.device, timeout_s: float) -> Dist | None:
+def setup(device: torch.device, timeout_s: float, parallel: str = "ddp") -> Dist | None:
     """Join the process group described by the environment (torchrun's RANK, WORLD_SIZE, MASTER_ADDR, ...).
 
-    Returns None for a single process. Re-uses a process group that is already initialised (several
-    trainers in one process). On CUDA each rank takes ``cuda:LOCAL_RANK`` (returned as ``Dist.device``).
+    Returns None for a single process, except under ``parallel="fsdp2"``: FSDP2 needs a process group, so
+    one process joins a group of one rank (an in-process store; nothing is listened on). Re-uses a process
+    group that is already initialised (several trainers in one process). On CUDA each rank takes
+    ``cuda:LOCAL_RANK`` (returned as ``Dist.device``).
     """
+    sharded = parallel == "fsdp2"
     world = env_world_size()
-    if world <= 1 and not (td.is_available() and td.is_initialized()):
+    if world <= 1 and not sharded and not (td.is_available() and td.is_initialized()):
         return None
     if not td.is_available():
-        raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
+        raise RuntimeError(f"WORLD_SIZE={world}, train.parallel={parallel} but this torch build has no torch.distributed")
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
     if device.type == "cuda":
         device = torch.device("cuda", local if device.index is None else device.index)
         torch.cuda.set_device(device)
     if not td.is_initialized():
-        missing = [v for v in ENV_VARS if v not in os.environ]
-        if missing:
-            raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with torchrun "
-                               "(or `gmpo train --nproc N`)")
-        td.init_process_group(backend_for(device), timeout=timedelta(seconds=timeout_s),
-                              device_id=device if device.type == "cuda" else None)
-    if td.get_world_size() <= 1:
+        kw = {"timeout": timedelta(seconds=timeout_s), "device_id": device if device.type == "cuda" else None}
+        if world <= 1:  # fsdp2 in one process: a group of one
+            td.init_process_group(backend_for(device), store=td.HashStore(), rank=0, world_size=1, **kw)
+        else:
+            missing = [v for v in ENV_VARS if v not in os.environ]
+            if missing:
+                raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with torchrun "
+                                   "(or `gmpo train --nproc N`)")
+            td.init_process_group(backend_for(device), **kw)
+    if td.get_world_size() <= 1 and not sharded:
         return None
-    return Dist(td.get_rank(), td.get_world_size(), local, device, timeout_s)
+    return Dist(td.get_rank(), td.get_world_size(), local, device, timeout_s, sharded=sharded)
 
 
 def teardown() -> None:

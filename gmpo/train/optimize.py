@@ -57,6 +57,8 @@ def optimizer_step(params: list[torch.nn.Parameter], optimizer, scheduler, max_g
     ``ratio/token_max``, ``ratio/token_min``; None means no hook listens (no host sync at all).
     """
     gnorm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))  # pre-clip norm
+    if hasattr(gnorm, "full_tensor"):  # FSDP2 (DTensor gradients): the global norm, the same on every rank
+        gnorm = gnorm.full_tensor()
     red.mean("loss/value", loss)
     red.mean("grad/norm", gnorm)
     verdict = OK

@@ -33,10 +33,10 @@ def prepare(batch: RolloutBatch, spec, policy, ref_model, forward, micro_batch_s
         rows = torch.arange(batch.n)
         policy.eval()
         if ref_model is not None:
-            tokens = no_grad_logp(ref_model, forward, batch, rows, micro_batch_size, batch.ref_logp)
+            tokens = no_grad_logp(ref_model, forward, batch, rows, micro_batch_size, batch.ref_logp, dist)
         else:  # LoRA: the base model is the adapter-free policy
             with policy.disable_adapter():
-                tokens = no_grad_logp(policy, forward, batch, rows, micro_batch_size, batch.ref_logp)
+                tokens = no_grad_logp(policy, forward, batch, rows, micro_batch_size, batch.ref_logp, dist)
         flops += perf.training_flops(n_params, 0, no_grad_tokens=tokens)
         if spec.kl_in == "reward":  # r_i -= beta * sum_t KL_t (sequence KL at sampling time)
             kl = ops.masked_sum(ops.kl_penalty(batch.rollout_logp, batch.ref_logp, spec.kl_estimator), batch.mask, -1)  # (N,)

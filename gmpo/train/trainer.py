@@ -24,6 +24,9 @@ Under torchrun (``WORLD_SIZE`` > 1) the trainer joins the process group (:mod:`g
 samples its share of the step's groups, the update has global-batch semantics, metrics are reduced over
 ranks and rank 0's are broadcast (so every rank's hooks see the same values and take the same verdicts);
 only rank 0 writes the run directory (config, sinks, samples, alerts, checkpoints); evaluation is sharded.
+With ``train.parallel=fsdp2`` (:mod:`gmpo.train.fsdp`) the policy (and reference) are sharded, the rollout
+engine and evaluation decode with a full replica refreshed after every optimizer step (:meth:`_sync_rollout`),
+and every rank writes its shards of a checkpoint.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from gmpo.algo import presets
 from gmpo.config import Config, save_config, to_dict
 from gmpo.runs import checkpoint
 from gmpo.telemetry.collector import StepMetrics, measure_peak_flops
-from gmpo.train import build, dist as distributed
+from gmpo.train import build, dist as distributed, fsdp
 from gmpo.train.collect import Collector, rollout_metrics, sample_records
 from gmpo.train.forward import PolicyForward
 from gmpo.train.hooks import HookList, Restore
@@ -71,17 +74,17 @@ class GMPOTrainer:
         seeding.seed_everything(tc.seed)
         self.run_dir = Path(tc.output_dir)
         self.device = models.resolve_device(tc.device)
-        self.dist = distributed.setup(self.device, tc.dist_timeout)  # None for one process
+        self.dist = distributed.setup(self.device, tc.dist_timeout, tc.parallel)  # None for one process (not fsdp2)
         if self.dist is not None:
             self.device = self.dist.device
-            if tc.parallel != "ddp":
-                raise ValueError(f"train.parallel={tc.parallel!r} is not implemented yet; use train.parallel=ddp")
         self.bf16 = build.resolve_bf16(tc.bf16, self.device)
         self.spec = presets.resolve(cfg.algorithm, cfg.rollout.max_new_tokens, cfg.rollout.dynamic_sampling)
         model, self.tokenizer = build.policy_and_tokenizer(model, tokenizer, cfg.model, self.device)
-        self.model, self.ref_model = build.prepare_model(model.to(self.device), cfg.model, self.spec.needs_reference)
+        model, ref = build.prepare_model(model.to(self.device), cfg.model, self.spec.needs_reference)
+        self.model, self.ref_model, self.replica = fsdp.wrap(tc.parallel, model, ref, self.dist, self.bf16)
+        self.rollout_model = self.replica.module if self.replica is not None else self.model  # what decodes
         self.lora = cfg.model.lora.enabled
-        self.engine = build.engine(cfg.rollout, self.model, self.tokenizer, self.bf16)
+        self.engine = build.engine(cfg.rollout, self.rollout_model, self.tokenizer, self.bf16)
         self.forward = PolicyForward(cfg.rollout.temperature, self.bf16)
         self.train_ds, self.eval_ds = build.datasets(cfg.data, train_dataset, eval_dataset)
         self.loader = build.loader(self.train_ds, self.tokenizer, cfg)
@@ -111,6 +114,7 @@ class GMPOTrainer:
         self.resumed_from = checkpoint.find_checkpoint(tc.resume, self.run_dir)
         if self.resumed_from is not None:
             checkpoint.load(self, self.resumed_from)
+            self._sync_rollout()
             self._saved_step = self.global_step
             self._fit_schedule()
 
@@ -130,9 +134,11 @@ class GMPOTrainer:
 
         Several ranks: every rank calls it at the same point; rank 0 writes (weights, optimizer and every
         other state are identical on all ranks, so the checkpoint resumes at any world size) and the others
-        wait for it."""
+        wait for it; under fsdp2 every rank writes its shards (:func:`gmpo.runs.checkpoint.save_sharded`)."""
         root = self.run_dir / "checkpoints"
-        if self.is_main:
+        if self.replica is not None:
+            path = checkpoint.save_sharded(self, root, self.cfg.train.keep_checkpoints, self.dist)
+        elif self.is_main:
             path = checkpoint.save(self, root, self.cfg.train.keep_checkpoints)
         else:
             path = root / f"step_{self.global_step:06d}"
@@ -190,7 +196,7 @@ class GMPOTrainer:
         from gmpo.eval import evaluate
 
         ec, dc = self.cfg.eval, self.cfg.data
-        acc = evaluate(self.model, self.tokenizer, list(ec.benchmarks), data_dir=ec.data_dir, limit=ec.limit,
+        acc = evaluate(self.rollout_model, self.tokenizer, list(ec.benchmarks), data_dir=ec.data_dir, limit=ec.limit,
                        max_new_tokens=ec.max_new_tokens or self.cfg.rollout.max_new_tokens, template=dc.template,
                        engine=self.engine, system_prompt=dc.system_prompt, bf16=self.bf16, seed=self.cfg.train.seed)
         return {f"eval/{name}": v for name, v in acc.items()}
@@ -263,7 +269,14 @@ class GMPOTrainer:
             g["lr"] *= factor
         self.scheduler.base_lrs = [b * factor for b in self.scheduler.base_lrs]
         self.events, self.lr_scale, self.rollbacks = events, scale, rollbacks
-        self.engine.sync_weights(self.model)
+        self._sync_rollout()
+
+    def _sync_rollout(self) -> None:
+        """Hand the current weights to the rollout engine; under fsdp2 first gather them into the full
+        replica it decodes with (a collective: every rank calls this at the same point)."""
+        if self.replica is not None:
+            self.replica.refresh(self.model)
+        self.engine.sync_weights(self.rollout_model)
 
     def close(self, finish: bool = True) -> dict:
         """Final evaluation and checkpoint when due (``finish``), close the sinks; returns the run summary.
@@ -304,12 +317,14 @@ class GMPOTrainer:
         batch, seen, rounds = self.collect(step, attempt=self.rollbacks)
         t1 = time.perf_counter()
         sm = StepMetrics()
-        batch.share_prompt = self.cfg.train.share_prompt_forward and not self.cfg.model.gradient_checkpointing
+        # the shared-prompt layout calls the model twice per micro-batch: not with FSDP2's lockstep forwards
+        batch.share_prompt = self.cfg.train.share_prompt_forward and not self.cfg.model.gradient_checkpointing \
+            and self.replica is None
         flops, extra = prepare(batch, self.spec, self.model, self.ref_model, self.forward,
                                self.cfg.train.micro_batch_size, self.n_params, self.device, dist=self.dist)
         sm.update(extra)
         consult = (lambda stats: self.hooks.before_optimizer_step(self, step, stats)) if self.hooks else None
-        sync = lambda: self.engine.sync_weights(self.model)  # noqa: E731
+        sync = self._sync_rollout
         optimize = lambda loss, ratio, red: optimizer_step(  # noqa: E731
             self.params, self.optimizer, self.scheduler, self.cfg.optim.max_grad_norm, consult, sync, loss, ratio, red)
         f, verdict = update(self.model, self.forward, batch, self.spec, self.updates, step, optimize, self.n_params, sm)

@@ -29,17 +29,34 @@ from gmpo.train.forward import phase, micro_batch, split_rows
 LOGP_AGREE_TOL = 1e-3  # max |rollout logp - training logp| (nats/token) for rollout log-probs to serve as old_logp
 
 
+PAD_ROWS = torch.zeros(1, dtype=torch.long)  # the row a padding micro-batch runs (any real row would do)
+
+
 @torch.no_grad()
 def no_grad_logp(model, forward: PolicyForward, batch, rows: torch.Tensor, micro_batch_size: int,
-                 out: torch.Tensor) -> int:
-    """Write log-probs of `rows` of `batch` under `model` into `out` (N, T) with no graph; returns tokens run."""
+                 out: torch.Tensor, dist=None) -> int:
+    """Write log-probs of `rows` of `batch` under `model` into `out` (N, T) with no graph; returns tokens run.
+
+    dist (sharded, FSDP2): every rank runs as many forwards as the rank with the most micro-batches; the
+    extra forwards here are discarded (their collectives are what the other ranks wait for).
+    """
     tokens = 0
-    for chunk in split_rows(rows, micro_batch_size):
+    chunks = split_rows(rows, micro_batch_size)
+    for chunk in chunks:
         mb = micro_batch(batch, chunk)
         logp, _ = forward(model, mb)
         out[mb.rows, : mb.Tc] = logp
         tokens += mb.n_tokens
+    for _ in range((dist.lockstep(len(chunks), "no-grad micro-batch count") if dist is not None else 0) - len(chunks)):
+        forward(model, micro_batch(batch, PAD_ROWS))  # padding: output unused
     return tokens
+
+
+def _padding_backward(model, forward, batch) -> None:
+    """A forward + backward whose loss is multiplied by 0: it adds exactly 0 to every gradient, and runs the
+    same FSDP2 collectives (all-gathers, reduce-scatters) as a real micro-batch on the other ranks."""
+    logp, _ = forward(model, micro_batch(batch, PAD_ROWS))  # (1, Tc)
+    (logp.sum() * 0.0).backward()
 
 
 class OldLogp:
@@ -128,7 +145,9 @@ def accumulate_minibatch(model, forward: PolicyForward, batch, rows: torch.Tenso
     rmin = torch.full((), float("inf"), device=full_mask.device)
     rmax = torch.full((), float("-inf"), device=full_mask.device)
     run = rows if inert is None else rows[~inert[rows]]  # (m',) rows that can move the gradient
-    for chunk in split_rows(run, micro_batch_size):
+    chunks = split_rows(run, micro_batch_size)
+    pads = dist.lockstep(len(chunks)) - len(chunks) if dist is not None else 0  # > 0 only under FSDP2
+    for chunk in chunks:
         mb = micro_batch(batch, chunk)
         logp, ent = forward(model, mb, entropy=want_entropy)  # (b, Tc)
         mask = batch.mask[mb.rows, : mb.Tc]  # (b, Tc)
@@ -143,6 +162,9 @@ def accumulate_minibatch(model, forward: PolicyForward, batch, rows: torch.Tenso
         _micro_metrics(red, out, logp, old_logp, ref, mask, ent)
         rmin = torch.minimum(rmin, out.metrics["ratio/token_min"].float())
         rmax = torch.maximum(rmax, out.metrics["ratio/token_max"].float())
+    for _ in range(pads):
+        with phase(getattr(forward, "timer", None), "backward"):
+            _padding_backward(model, forward, batch)
     return total, tokens, {"min": rmin, "max": rmax}
 
 
@@ -200,7 +222,7 @@ def update(model, forward, batch, spec, us: UpdateSettings, step: int, optimize,
     flops = 0.0
     if us.recompute_old_logp == "always":  # one no-grad forward before the first update
         model.eval()
-        flops += perf.training_flops(n_params, 0, no_grad_logp(model, forward, batch, torch.arange(N), micro, old.values))
+        flops += perf.training_flops(n_params, 0, no_grad_logp(model, forward, batch, torch.arange(N), micro, old.values, dist))
     model.train()
     red = Reducer()
     gen = torch.Generator().manual_seed(seeding.derive_seed(us.seed, "shuffle", step))
@@ -230,7 +252,7 @@ def update(model, forward, batch, spec, us: UpdateSettings, step: int, optimize,
             n_updates += 1
             if n_updates == 1 and us.updates_per_batch > 1 and us.recompute_old_logp == "auto" \
                     and not old.rollout_agrees(dist):
-                flops += _recompute_stale(model, forward, batch, old, inert, micro, n_params)
+                flops += _recompute_stale(model, forward, batch, old, inert, micro, n_params, dist)
             moved, verdict = optimize(loss, ratio, red)
             old.policy_moved = old.policy_moved or moved
             if verdict not in ("ok", "skip"):  # a hook asked to restore: this step's remaining updates are void
@@ -251,14 +273,14 @@ def update(model, forward, batch, spec, us: UpdateSettings, step: int, optimize,
     return flops, verdict
 
 
-def _recompute_stale(model, forward, batch, old: "OldLogp", inert, micro: int, n_params: int) -> float:
+def _recompute_stale(model, forward, batch, old: "OldLogp", inert, micro: int, n_params: int, dist=None) -> float:
     """No-grad old log-probs for the rows the next updates will see with a moved policy; returns FLOPs."""
     stale = old.stale_rows()
     if inert is not None:  # inert rows never run: their old log-probs are never read
         stale = stale[~inert.to(stale.device)[stale]]
-    if not stale.numel():
+    if not stale.numel() and (dist is None or not dist.sharded):  # sharded: join the other ranks' forwards
         return 0.0
     model.eval()
-    tokens = no_grad_logp(model, forward, batch, stale, micro, old.values)
+    tokens = no_grad_logp(model, forward, batch, stale, micro, old.values, dist)
     model.train()
     return perf.training_flops(n_params, 0, tokens)
