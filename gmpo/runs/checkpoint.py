@@ -9,10 +9,17 @@ A checkpoint directory ``<run_dir>/checkpoints/step_000123/`` holds
   loader's position, the stability tracker's windows, hook states and the trainer's own counters;
 - ``meta.json`` (written last): marks the checkpoint complete.
 
+Under ``train.parallel=fsdp2`` (:func:`save_sharded`, every rank at the same point) the model and optimizer
+are saved sharded with ``torch.distributed.checkpoint`` in ``dcp/`` (see :mod:`gmpo.runs.sharded`;
+``trainer_state.pt`` then has no optimizer and ``meta.json`` says ``"sharded": "dcp"``), and the full HF
+export (from the run's unsharded rollout replica) still makes the directory loadable by ``from_pretrained``,
+the registry and ``gmpo serve``. :func:`load` resumes either format under either mode at any world size.
+
 Everything is written into a temporary sibling directory, fsynced, then renamed into place, so a crash
 never leaves a half-written checkpoint under a ``step_*`` name. The trainer is duck-typed: it must have
 ``model``, ``tokenizer``, ``optimizer``, ``scheduler``, ``loader``, ``tracker``, ``hooks``, ``global_step``,
-``lora`` (bool) and ``extra_state()`` / ``load_extra_state(d)``.
+``lora`` (bool) and ``extra_state()`` / ``load_extra_state(d)``; :func:`save_sharded` also ``replica`` (a
+:class:`gmpo.train.fsdp.RolloutReplica`).
 """
 from __future__ import annotations
 
@@ -50,8 +57,9 @@ def training_state(trainer) -> dict[str, Any]:
 
 
 def load_training_state(trainer, state: dict[str, Any]) -> None:
-    """Inverse of :func:`training_state`."""
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    """Inverse of :func:`training_state` (a state without "optimizer" leaves the optimizer as it is)."""
+    if "optimizer" in state:
+        trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     seeding.set_rng_state(state["rng"])
     trainer.loader.load_state_dict(state["data"])
@@ -146,20 +154,69 @@ def save(trainer, root: str | Path, keep: int = 0) -> Path:
         state = training_state(trainer)
         state["hooks"] = trainer.hooks.state_dict()
         torch.save(state, tmp / STATE_FILE)
-        (tmp / META_FILE).write_text(json.dumps({"step": trainer.global_step, "lora": trainer.lora, "format": 1}))
-        _fsync_tree(tmp)
-        if final.exists():  # re-saving a step (after a rollback): replace it
-            old = root / f".old-{final.name}-{os.getpid()}"
-            os.rename(final, old)
-            shutil.rmtree(old)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        _publish(tmp, final, {"step": trainer.global_step, "lora": trainer.lora, "format": 1})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _prune(root, keep)
+    return final
+
+
+def _publish(tmp: Path, final: Path, meta: dict) -> None:
+    """meta.json last, fsync, then rename `tmp` to `final` (replacing a checkpoint of the same step)."""
+    (tmp / META_FILE).write_text(json.dumps(meta))
+    _fsync_tree(tmp)
+    if final.exists():  # re-saving a step (after a rollback): replace it
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.rename(final, old)
+        shutil.rmtree(old)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _prune(root: Path, keep: int) -> None:
     if keep > 0:
         for old in checkpoint_dirs(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def save_sharded(trainer, root: str | Path, keep: int, dist) -> Path:
+    """FSDP2: every rank calls this at the same point; returns the step directory (the same on every rank).
+
+    Every rank writes its DCP shards into rank 0's temporary directory; rank 0 writes the HF export (from
+    ``trainer.replica``, refreshed here by every rank), ``trainer_state.pt`` (no optimizer: it is in the
+    DCP state), and after a barrier (every shard written) meta.json and the atomic rename.
+    """
+    from gmpo.runs.sharded import save_state
+
+    root = Path(root)
+    final = root / f"step_{trainer.global_step:06d}"
+    tmp = None
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    tmp = Path(dist.broadcast_object(str(tmp) if tmp else None, what="checkpoint directory"))
+    trainer.replica.refresh(trainer.model)  # collective: the export holds exactly the sharded weights
+    try:
+        save_state(trainer.model, trainer.optimizer, tmp)  # collective: each rank its shards
+        if dist.is_main:
+            save_weights(trainer.replica.module, trainer.tokenizer, tmp, lora=False)
+            state = training_state(trainer)
+            del state["optimizer"]  # in dcp/
+            state["hooks"] = trainer.hooks.state_dict()
+            torch.save(state, tmp / STATE_FILE)
+        dist.barrier("checkpoint shards written")
+        if dist.is_main:
+            _publish(tmp, final, {"step": trainer.global_step, "lora": False, "format": 1, "sharded": "dcp",
+                                  "world": dist.world})
+    except BaseException:
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dist.is_main:
+        _prune(root, keep)
     return final
 
 
@@ -210,14 +267,44 @@ def _load_weights(model, directory: Path, lora: bool) -> None:
     model.load_state_dict(loaded.state_dict())
 
 
+def _full_weights(model, directory: Path) -> dict[str, torch.Tensor]:
+    """A plain checkpoint's full weights by parameter name (via from_pretrained when names were converted)."""
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no *.safetensors weights")
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(load_file(f))
+    if set(sd) <= {n for n, _ in model.named_parameters(remove_duplicate=False)} | {n for n, _ in model.named_buffers()}:
+        return sd
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(directory).state_dict()
+
+
 def load(trainer, directory: str | Path, hooks: bool = True) -> None:
-    """Load weights, optimizer, scheduler, RNG, data position, counters and (if `hooks`) hook states."""
+    """Load weights, optimizer, scheduler, RNG, data position, counters and (if `hooks`) hook states.
+
+    Either format into either kind of trainer: a sharded (DCP) checkpoint reshards to this run's world size
+    and parallel mode (one process included); a plain checkpoint goes into an FSDP2 model by name.
+    Sharded model: a collective, every rank calls it at the same point.
+    """
+    from gmpo.runs import sharded
+
     directory = Path(directory)
     meta = json.loads((directory / META_FILE).read_text())
     if bool(meta.get("lora")) != bool(trainer.lora):
         raise ValueError(f"{directory}: checkpoint lora={meta.get('lora')} but model.lora.enabled={trainer.lora}")
-    _load_weights(trainer.model, directory, trainer.lora)
     state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
+    if meta.get("sharded") == "dcp":
+        sharded.load_state(trainer.model, trainer.optimizer, directory)  # weights + optimizer, resharded
+    elif any(hasattr(p, "full_tensor") for p in trainer.model.parameters()):  # a plain checkpoint into FSDP2
+        sharded.load_full(trainer.model, trainer.optimizer, _full_weights(trainer.model, directory),
+                          state.pop("optimizer"))
+    else:
+        _load_weights(trainer.model, directory, trainer.lora)
     load_training_state(trainer, state)
     if hooks:
         trainer.hooks.load_state_dict(state.get("hooks", []))
