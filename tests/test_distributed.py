@@ -23,6 +23,7 @@ import yaml
 
 from gmpo.batch import concat
 from gmpo.config import from_dict
+from gmpo.runs.checkpoint import checkpoint_dirs
 from gmpo.runs.files import read_alerts, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,17 +51,18 @@ def two_ranks(tmp_path_factory, tiny_model_dir) -> Path:
     return out
 
 
-def _replaying(trainer, out: Path, world: int = 2) -> None:
-    """trainer.collect returns the union (rank order) of the ranks' batches of each recorded step; it still
-    runs the real collect first, so the prompt loader advances as it did on the ranks."""
+def _replaying(trainer, *dirs: Path, world: int = 2) -> None:
+    """trainer.collect returns the union (rank order) of the ranks' batches of each recorded step (from the
+    first of `dirs` that recorded it); it still runs the real collect first, so the prompt loader advances
+    as it did on the ranks."""
     collect = trainer.collect
 
     def replay(step, attempt=0):
         batch, seen, st = collect(step, attempt)
-        files = [out / f"batch_r{r}_s{step}.pt" for r in range(world)]
-        if not files[0].exists():
+        found = [d for d in dirs if (d / f"batch_r0_s{step}.pt").exists()]
+        if not found:
             return batch, seen, st
-        union = concat([torch.load(f, weights_only=False) for f in files])
+        union = concat([torch.load(found[0] / f"batch_r{r}_s{step}.pt", weights_only=False) for r in range(world)])
         st.groups = len(union.items)
         return union, [union], st
 
@@ -88,9 +90,10 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(two_ranks, tiny_mo
     rep = json.loads((out / "report_r0.json").read_text())
     assert rep["world"] == 2
     algo, train = W.CASES[case]
+    base = case.removeprefix("fsdp_")  # the fsdp2 cases check what their ddp counterparts check
     # the reference runs every row (skip_zero_advantage false): skipping inert rows on the ranks is exact too
-    ref_train = {k: v for k, v in train.items() if k != "skip_zero_advantage"}
-    reward = "rank0_flat_reward" if case == "gmpo_skip" else "parity_reward"
+    ref_train = {k: v for k, v in train.items() if k not in ("skip_zero_advantage", "parallel")}  # one plain process
+    reward = "rank0_flat_reward" if base == "gmpo_skip" else "parity_reward"
     t = _one_process(W.config_dict(tiny_model_dir, tmp_path / "ref", algo, ref_train, reward=reward))
     init = W.weights(t.model)
     _replaying(t, out)
@@ -106,19 +109,19 @@ def test_two_ranks_equal_one_process_on_the_same_global_batch(two_ranks, tiny_mo
     for key in ("loss/value", "grad/norm"):
         assert dm[key] == pytest.approx(m[key], rel=1e-5, abs=1e-7), key
     assert dm["rollout/groups_kept"] == 4
-    if case != "dapo":  # reward/* cover every completion sampled; dapo's ranks also sampled groups they dropped
+    if base != "dapo":  # reward/* cover every completion sampled; dapo's ranks also sampled groups they dropped
         assert dm["reward/mean"] == m["reward/mean"]
-    if case != "gmpo_skip":  # token metrics cover the rows that ran: with skipping, fewer than the reference's
+    if base != "gmpo_skip":  # token metrics cover the rows that ran: with skipping, fewer than the reference's
         for key in ("ratio/token_max", "ratio/token_p99", "clip/frac_low", "policy/kl", "policy/entropy"):
             assert dm[key] == pytest.approx(m[key], rel=1e-4, abs=1e-6), key
         assert dm["ratio/log_hist"] == m["ratio/log_hist"]  # every rank's token ratios, in the same bins
-    if case == "gmpo":  # held-out accuracy sharded over 2 ranks == one process on the same weights
+    if case in W.EVAL_CASES:  # held-out accuracy sharded over 2 ranks == one process on the same weights
         with torch.no_grad():
             for n, p in t.model.named_parameters():
                 p.copy_(w0[n])
         t.engine.sync_weights(t.model)
         assert 0 < rep["eval"] < 1 and rep["eval"] == t.evaluate()
-    if case == "gmpo_skip":
+    if base == "gmpo_skip":
         assert dm["perf/rows_trained_frac"] == 0.5  # rank 0's rows were all inert and ran no forward
         assert m["perf/rows_trained_frac"] == 1.0
 
@@ -137,10 +140,16 @@ def test_nan_on_one_rank_skips_the_update_on_both(two_ranks):
     assert [r["step"] for r in rows] == [1, 2]  # one writer: each step logged once
 
 
-def test_two_rank_checkpoint_resumes_on_one_process(two_ranks, tiny_model_dir, tmp_path):
-    out = two_ranks / "resume"
+@pytest.mark.parametrize("scenario", ["resume", "resume_fsdp"])
+def test_two_rank_checkpoint_resumes_on_one_process(two_ranks, tiny_model_dir, tmp_path, scenario):
+    """A 2-rank checkpoint (ddp: HF safetensors + trainer_state.pt; fsdp2: sharded DCP + HF export) resumed
+    by one plain process continues like an uninterrupted one-process run."""
+    out = two_ranks / scenario
     ckpt = Path(json.loads((out / "report_r0.json").read_text())["checkpoint"])
     assert ckpt.name == "step_000002" and (ckpt / "meta.json").is_file()
+    assert (ckpt / "dcp" / ".metadata").is_file() == (scenario == "resume_fsdp")
+    for r in (0, 1):  # restoring an in-memory snapshot of step 1 gave step 1's weights back on each rank
+        assert json.loads((out / f"report_r{r}.json").read_text())["restored"]
     # uninterrupted: one process trains steps 1-2 on the ranks' global batches, then step 3 on its own
     ref = _one_process(W.config_dict(tiny_model_dir, tmp_path / "ref", {"loss": "gmpo"}, {"steps": 3}))
     _replaying(ref, out)
@@ -156,7 +165,49 @@ def test_two_rank_checkpoint_resumes_on_one_process(two_ranks, tiny_model_dir, t
     for key in ("loss/value", "grad/norm", "ratio/token_max"):
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     assert _max_diff(W.weights(ref.model), W.weights(res.model)) < ATOL
-    assert ref.optimizer.state_dict()["state"][0]["step"] == res.optimizer.state_dict()["state"][0]["step"]
+    sa, sb = ref.optimizer.state_dict()["state"], res.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys() and sa[0]["step"] == sb[0]["step"] == 6  # 3 rollout steps x 2 mini-batches
+    assert max(float((sa[i]["exp_avg_sq"] - sb[i]["exp_avg_sq"]).abs().max()) for i in sa) < 1e-8  # moments came back
+
+
+def test_fsdp2_checkpoint_has_an_hf_export_equal_to_the_trained_weights(two_ranks):
+    from transformers import AutoModelForCausalLM
+
+    out = two_ranks / "resume_fsdp"
+    ckpt = Path(json.loads((out / "report_r0.json").read_text())["checkpoint"])
+    meta = json.loads((ckpt / "meta.json").read_text())
+    assert meta["sharded"] == "dcp" and meta["world"] == 2 and meta["step"] == 2
+    assert sorted(p.name for p in (ckpt / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # a shard per rank
+    assert "optimizer" not in torch.load(ckpt / "trainer_state.pt", weights_only=False)  # it is in dcp/
+    trained = torch.load(out / "weights_r0.pt")
+    assert _max_diff(trained, torch.load(out / "weights_r1.pt")) == 0.0
+    hf = AutoModelForCausalLM.from_pretrained(ckpt)
+    exported = {n: p.detach() for n, p in hf.named_parameters()}
+    assert _max_diff(trained, exported) == 0.0  # the gathered full weights, bit for bit
+    assert hf.lm_head.weight is hf.model.embed_tokens.weight  # tied embeddings stay tied
+    assert (ckpt / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("scenario,source", [("fsdp_to_ddp", "resume_fsdp"), ("ddp_to_fsdp", "resume")])
+def test_checkpoint_resumes_across_parallel_modes(two_ranks, tiny_model_dir, tmp_path, scenario, source):
+    """A 2-rank fsdp2 checkpoint resumed by 2-rank ddp, and a ddp checkpoint resumed by 2-rank fsdp2, train
+    step 3 like one uninterrupted process on the same global batches."""
+    out = two_ranks / scenario
+    r0, r1 = (json.loads((out / f"report_r{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1 == {"resumed_at": 2, "steps": 3}
+    w0 = torch.load(out / "weights_r0.pt")
+    assert _max_diff(w0, torch.load(out / "weights_r1.pt")) == 0.0
+    ref = _one_process(W.config_dict(tiny_model_dir, tmp_path / "ref", {"loss": "gmpo"}, {"steps": 3}))
+    _replaying(ref, two_ranks / source, out)  # steps 1-2 as the source run sampled them, step 3 as the resumed run
+    ref.train()
+    assert _max_diff(W.weights(ref.model), w0) < ATOL
+    last = read_metrics(out / "run" / "metrics.jsonl")[-1]
+    mine = read_metrics(tmp_path / "ref" / "metrics.jsonl")[-1]
+    assert last["step"] == mine["step"] == 3
+    for key in ("loss/value", "grad/norm"):
+        assert last[key] == pytest.approx(mine[key], rel=1e-4, abs=1e-6), key
+    final = checkpoint_dirs(out / "run" / "checkpoints")[-1]  # the resumed run's own final checkpoint
+    assert final.name == "step_000003" and (final / "dcp").is_dir() == (scenario == "ddp_to_fsdp")
 
 
 def _free_port() -> int:

@@ -23,7 +23,14 @@ CASES = {  # scenario -> algorithm section and train overrides
     "dapo": ({"loss": "dapo", "overlong": {"penalty": 0.0}}, {}),
     "gmpo_skip": ({"loss": "gmpo"}, {"skip_zero_advantage": True}),
     "grpo_batch_adv": ({"loss": "grpo", "advantage": "batch"}, {}),  # the global std over every rank's rewards
+    # FSDP2 (sharded weights; gradients reduce-scattered as sums inside the backward)
+    "fsdp_gmpo": ({"loss": "gmpo"}, {"parallel": "fsdp2"}),
+    "fsdp_grpo_token_mean": ({"loss": "grpo", "reduction": "token-mean"}, {"parallel": "fsdp2"}),
+    "fsdp_dapo": ({"loss": "dapo", "overlong": {"penalty": 0.0}}, {"parallel": "fsdp2"}),
+    # rank 0 runs no micro-batch of its own: it runs padding micro-batches in lockstep with rank 1
+    "fsdp_gmpo_skip": ({"loss": "gmpo"}, {"skip_zero_advantage": True, "parallel": "fsdp2"}),
 }
+EVAL_CASES = ("gmpo", "fsdp_gmpo")  # cases that also measure the sharded held-out accuracy
 
 
 def parity_reward(prompts, completions, **columns):
@@ -77,8 +84,9 @@ def config_dict(tiny_dir, out_dir, algorithm: dict, train: dict | None = None, r
 
 
 def weights(model) -> dict:
-    """A CPU copy of the trainable weights."""
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """A CPU copy of the trainable weights (full tensors: under FSDP2 a collective every rank calls)."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone()
+            for n, p in model.named_parameters() if p.requires_grad}
 
 
 def record_batches(trainer, out: Path, rank: int) -> None:
@@ -110,12 +118,12 @@ def run_case(name: str, out: Path, tiny: Path, rank: int) -> None:
 
     D.BUCKET_BYTES = 4096 if name == "grpo_batch_adv" else 64 * 2**20  # many small gradient buckets once
     algo, train = CASES[name]
-    reward = "rank0_flat_reward" if name == "gmpo_skip" else "parity_reward"
+    reward = "rank0_flat_reward" if name.endswith("gmpo_skip") else "parity_reward"
     t = _trainer(config_dict(tiny, out / "run", algo, train, reward=reward))
     record_batches(t, out, rank)
     t.start()
     metrics = t.step()
-    acc = t.evaluate() if name == "gmpo" else None  # sharded held-out accuracy of the trained weights
+    acc = t.evaluate() if name in EVAL_CASES else None  # sharded held-out accuracy of the trained weights
     t.close(finish=False)
     torch.save(weights(t.model), out / f"weights_r{rank}.pt")
     (out / f"report_r{rank}.json").write_text(json.dumps({"metrics": metrics, "world": t.dist.world, "eval": acc}))
@@ -157,16 +165,55 @@ def run_guard(out: Path, tiny: Path, rank: int) -> None:
          "events": t.events}, default=str))
 
 
-def run_resume(out: Path, tiny: Path, rank: int) -> None:
+def run_resume(out: Path, tiny: Path, rank: int, parallel: str = "ddp") -> None:
     """Two steps of a 3-step gmpo run, then a checkpoint (resumed on one process by the test)."""
-    t = _trainer(config_dict(tiny, out / "run", {"loss": "gmpo"}, {"steps": 3}))
+    import torch
+
+    from gmpo.runs import checkpoint
+
+    t = _trainer(config_dict(tiny, out / "run", {"loss": "gmpo"}, {"steps": 3, "parallel": parallel}))
     record_batches(t, out, rank)
     t.start()
     t.step()
+    snap, after1 = t.snapshot(), weights(t.model)  # an in-memory snapshot (local shards under fsdp2)
     t.step()
     path = t.save_checkpoint()
+    torch.save(weights(t.model), out / f"weights_r{rank}.pt")  # the weights the checkpoint holds
+    checkpoint.restore(t, snap)  # back to step 1: weights, optimizer moments, step
+    if t.replica is not None:  # what the trainer's restore path does: the rollout replica follows
+        t.replica.refresh(t.model)
+    back = weights(t.model)
+    restored = all(torch.equal(after1[k], back[k]) for k in after1) and t.global_step == 1 \
+        and all(torch.equal(after1[n], p.detach()) for n, p in t.rollout_model.named_parameters())
     t.close(finish=False)
-    (out / f"report_r{rank}.json").write_text(json.dumps({"checkpoint": str(path)}))
+    (out / f"report_r{rank}.json").write_text(json.dumps({"checkpoint": str(path), "restored": restored}))
+
+
+def run_resume_fsdp(out: Path, tiny: Path, rank: int) -> None:
+    """run_resume under FSDP2: a sharded (DCP) checkpoint with an HF export."""
+    run_resume(out, tiny, rank, parallel="fsdp2")
+
+
+def run_cross_resume(out: Path, tiny: Path, rank: int, source: str, parallel: str) -> None:
+    """Resume the `source` scenario's step-2 checkpoint under `parallel` on 2 ranks and train step 3."""
+    import torch
+
+    ckpt = json.loads((out.parent / source / f"report_r{rank}.json").read_text())["checkpoint"]  # its own: no race
+    t = _trainer(config_dict(tiny, out / "run", {"loss": "gmpo"}, {"steps": 3, "parallel": parallel, "resume": ckpt}))
+    record_batches(t, out, rank)
+    resumed_at = t.global_step
+    t.train()
+    torch.save(weights(t.model), out / f"weights_r{rank}.pt")
+    (out / f"report_r{rank}.json").write_text(json.dumps({"resumed_at": resumed_at, "steps": t.global_step}))
+
+
+SCENARIOS = {  # scenario -> function(out, tiny, rank), run in this order after CASES
+    "guard": run_guard,
+    "resume": run_resume,
+    "resume_fsdp": run_resume_fsdp,
+    "fsdp_to_ddp": lambda out, tiny, rank: run_cross_resume(out, tiny, rank, "resume_fsdp", "ddp"),
+    "ddp_to_fsdp": lambda out, tiny, rank: run_cross_resume(out, tiny, rank, "resume", "fsdp2"),
+}
 
 
 def main(out: str, tiny: str) -> None:
@@ -176,7 +223,7 @@ def main(out: str, tiny: str) -> None:
     for name in CASES:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         run_case(name, out_dir / name, tiny_dir, rank)
-    for name, fn in (("guard", run_guard), ("resume", run_resume)):
+    for name, fn in SCENARIOS.items():
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         fn(out_dir / name, tiny_dir, rank)
 
