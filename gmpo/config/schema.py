@@ -139,7 +139,7 @@ class TrainConfig:
     share_prompt_forward: bool = True  # run each prompt once per micro-batch and reuse its KV cache for its completions (off with gradient checkpointing)
     skip_zero_advantage: bool = True  # leave completions with advantage exactly 0 out of the forward/backward when no KL term is in the loss (their gradient is exactly 0; denominators still count them)
     reward_errors: str = "raise"  # raise: stop naming function and sample | zero: score 0 and count them
-    parallel: str = "ddp"  # several ranks (torchrun / gmpo train --nproc N): ddp (replicated weights, gradients summed over ranks) | fsdp2 (not implemented yet)
+    parallel: str = "ddp"  # several ranks (torchrun / gmpo train --nproc N): ddp (replicated weights, gradients summed over ranks) | fsdp2 (FSDP2 fully_shard: weights, gradients and AdamW state sharded over ranks, a full rollout replica per rank, sharded DCP checkpoints + HF export; no LoRA)
     dist_timeout: float = 600.0  # seconds a collective waits for the other ranks before failing (a dead or hung rank)
 
 

@@ -15,6 +15,7 @@ calls them at the same point.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -45,7 +46,9 @@ def load_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directo
         raise FileNotFoundError(f"{directory}: meta.json says sharded but {path}/.metadata is missing")
     msd, osd = get_state_dict(model, optimizer)
     state = {"model": msd, "optimizer": osd}
-    dcp.load(state, checkpoint_id=str(path))
+    with warnings.catch_warnings():  # one process without a process group reads everything: what we want
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 

@@ -67,7 +67,10 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def _sum_gradients(module, backend: str) -> None:
     """Make FSDP2's gradient reduction a plain SUM over ranks (no division by the world size)."""
-    module.set_gradient_divide_factor(1.0)
+    if hasattr(module, "set_gradient_divide_factor"):
+        module.set_gradient_divide_factor(1.0)
+    else:  # the older name of the same setting
+        module.set_reduce_scatter_divide_factor(1.0)
     if hasattr(module, "set_force_sum_reduction_for_comms"):  # sum-only collectives: gloo has no PREMUL_SUM
         module.set_force_sum_reduction_for_comms(True)
     elif backend == "gloo":
