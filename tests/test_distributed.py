@@ -7,6 +7,11 @@ differs) for gmpo, grpo token-mean and dapo, and with zero-advantage skipping (r
 compared with a reference that runs every row). A NaN on one rank skips the update on both; a 2-rank
 checkpoint resumed on one process continues like an uninterrupted one-process run on the same batches; a
 killed or hung rank makes the other exit with a clear error within ``train.dist_timeout``.
+
+The same under ``train.parallel=fsdp2`` (FSDP2 sharding): the four cases again (with skipping, rank 0 runs
+only padding micro-batches in lockstep with rank 1), a sharded DCP checkpoint resumed on one plain process,
+on 2-rank ddp, and a ddp checkpoint resumed under fsdp2, its HF export equal to the trained weights, an
+in-memory snapshot restored, and one process under fsdp2 (a group of one rank).
 """
 import json
 import os
@@ -208,6 +213,35 @@ def test_checkpoint_resumes_across_parallel_modes(two_ranks, tiny_model_dir, tmp
         assert last[key] == pytest.approx(mine[key], rel=1e-4, abs=1e-6), key
     final = checkpoint_dirs(out / "run" / "checkpoints")[-1]  # the resumed run's own final checkpoint
     assert final.name == "step_000003" and (final / "dcp").is_dir() == (scenario == "ddp_to_fsdp")
+
+
+def test_one_process_fsdp2_equals_two_fsdp2_ranks(two_ranks, tiny_model_dir, tmp_path):
+    """One process with train.parallel=fsdp2 (a process group of one rank, the 1-GPU path) on the union of
+    the 2 fsdp2 ranks' batches reaches their weights; it also writes a one-shard DCP checkpoint."""
+    from gmpo.train import dist as D
+
+    out = two_ranks / "fsdp_gmpo"
+    algo, train = W.CASES["fsdp_gmpo"]
+    try:
+        t = _one_process(W.config_dict(tiny_model_dir, tmp_path / "one", algo, train))
+        assert t.dist is not None and t.dist.world == 1 and t.dist.sharded and t.replica is not None
+        _replaying(t, out)
+        t.start()
+        t.step()
+        assert _max_diff(W.weights(t.model), torch.load(out / "weights_r0.pt")) < ATOL
+        ckpt = t.save_checkpoint()
+        t.close(finish=False)
+        assert [p.name for p in (ckpt / "dcp").glob("*.distcp")] == ["__0_0.distcp"]
+    finally:
+        D.teardown()  # leave no process group behind for the other tests of this process
+
+
+def test_fsdp2_with_lora_is_a_config_error(tiny_model_dir, tmp_path):
+    from gmpo.config import ConfigError
+
+    cfg = W.config_dict(tiny_model_dir, tmp_path, {"loss": "gmpo"}, {"parallel": "fsdp2"}, model={"lora": {"enabled": True}})
+    with pytest.raises(ConfigError, match="fsdp2 does not support LoRA"):
+        from_dict(cfg)
 
 
 def _free_port() -> int:
