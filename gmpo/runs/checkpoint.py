@@ -300,7 +300,7 @@ def load(trainer, directory: str | Path, hooks: bool = True) -> None:
     state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
     if meta.get("sharded") == "dcp":
         sharded.load_state(trainer.model, trainer.optimizer, directory)  # weights + optimizer, resharded
-    elif any(hasattr(p, "full_tensor") for p in trainer.model.parameters()):  # a plain checkpoint into FSDP2
+    elif sharded.is_sharded(trainer.model):  # a plain checkpoint into FSDP2
         sharded.load_full(trainer.model, trainer.optimizer, _full_weights(trainer.model, directory),
                           state.pop("optimizer"))
     else:

@@ -23,6 +23,11 @@ import torch
 DCP_DIR = "dcp"
 
 
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model`'s parameters are DTensors (an FSDP2 ``fully_shard``-ed model)."""
+    return any(hasattr(p, "full_tensor") for p in model.parameters())
+
+
 def save_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
     """Write the model and optimizer state under ``directory/dcp`` (each rank its own shards)."""
     import torch.distributed.checkpoint as dcp
@@ -91,4 +96,4 @@ def load_full(model: torch.nn.Module, optimizer: torch.optim.Optimizer, weights:
     set_optimizer_state_dict(model, optimizer, full, options=opts)
 
 
-__all__ = ["DCP_DIR", "complete_tied", "load_full", "load_state", "save_state"]
+__all__ = ["DCP_DIR", "complete_tied", "is_sharded", "load_full", "load_state", "save_state"]

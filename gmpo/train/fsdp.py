@@ -99,11 +99,6 @@ def shard(model: torch.nn.Module, device: torch.device, world: int, bf16: bool) 
     return model
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether `model`'s parameters are DTensors (a ``fully_shard``-ed model)."""
-    return any(hasattr(p, "full_tensor") for p in model.parameters())
-
-
 class RolloutReplica:
     """A full, unsharded copy of the policy for the rollout engine and held-out evaluation.
 
@@ -139,9 +134,4 @@ def wrap(parallel: str, model, ref_model, dist, bf16: bool):
     return model, ref_model, replica
 
 
-def global_value(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor of `t`: the full value of a DTensor (e.g. the global gradient norm), else `t`."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-__all__ = ["RolloutReplica", "decoder_blocks", "global_value", "is_sharded", "shard", "wrap"]
+__all__ = ["RolloutReplica", "decoder_blocks", "shard", "wrap"]
