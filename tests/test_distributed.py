@@ -191,6 +191,10 @@ def test_fsdp2_checkpoint_has_an_hf_export_equal_to_the_trained_weights(two_rank
     assert _max_diff(trained, exported) == 0.0  # the gathered full weights, bit for bit
     assert hf.lm_head.weight is hf.model.embed_tokens.weight  # tied embeddings stay tied
     assert (ckpt / "tokenizer.json").is_file()
+    from gmpo.runs.store import model_files  # what `gmpo registry add` copies (and `gmpo serve` then loads)
+
+    kept = {p.name for p in model_files(ckpt)}
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= kept and "trainer_state.pt" not in kept
 
 
 @pytest.mark.parametrize("scenario,source", [("fsdp_to_ddp", "resume_fsdp"), ("ddp_to_fsdp", "resume")])
