@@ -277,7 +277,8 @@ def _full_weights(model, directory: Path) -> dict[str, torch.Tensor]:
     sd: dict[str, torch.Tensor] = {}
     for f in files:
         sd.update(load_file(f))
-    if set(sd) <= {n for n, _ in model.named_parameters(remove_duplicate=False)} | {n for n, _ in model.named_buffers()}:
+    names = {n for n, _ in model.named_parameters(remove_duplicate=False)} | {n for n, _ in model.named_buffers()}
+    if set(sd) <= names:
         return sd
     from transformers import AutoModelForCausalLM
 

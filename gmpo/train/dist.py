@@ -23,7 +23,8 @@ forwards. One process with fsdp2 joins a process group of one rank so the same c
 
 Collectives run under the process-group timeout (``train.dist_timeout``): a rank that died or hangs makes
 the others raise :class:`RankFailure` with a message naming the collective instead of waiting forever.
-With one process (no ``WORLD_SIZE`` > 1 in the environment) nothing here runs: :func:`setup` returns None.
+With one process (no ``WORLD_SIZE`` > 1 in the environment) nothing here runs: :func:`setup` returns None
+(except under fsdp2, above).
 """
 from __future__ import annotations
 
@@ -159,10 +160,10 @@ class Dist:
     def sync_gradients(self, params: list[torch.nn.Parameter], loss: torch.Tensor, ratio: dict) -> torch.Tensor:
         """Sum gradients and the mini-batch loss over ranks, reduce the token-ratio extremes.
 
-        Sharded (FSDP2): the gradients were already summed by FSDP2's reduce-scatter in the backward; only
-        the loss and the extremes are reduced here. Otherwise gradients travel in flat buckets of about BUCKET_BYTES (one all-reduce each, bounded extra memory);
-        a parameter without a gradient (this rank ran no rows) contributes zeros. Returns the global loss;
-        `ratio` ("min", "max") is reduced in place.
+        Gradients travel in flat buckets of about BUCKET_BYTES (one all-reduce each, bounded extra memory);
+        a parameter without a gradient (this rank ran no rows) contributes zeros. Sharded (FSDP2): the
+        gradients were already summed by FSDP2's reduce-scatter in the backward; only the loss and the
+        extremes are reduced here. Returns the global loss; `ratio` ("min", "max") is reduced in place.
         """
         if not self.sharded:
             self._sum_gradients(params)
@@ -234,7 +235,7 @@ def setup(device: torch.device, timeout_s: float, parallel: str = "ddp") -> Dist
     if world <= 1 and not sharded and not (td.is_available() and td.is_initialized()):
         return None
     if not td.is_available():
-        raise RuntimeError(f"WORLD_SIZE={world}, train.parallel={parallel} but this torch build has no torch.distributed")
+        raise RuntimeError(f"WORLD_SIZE={world}, train.parallel={parallel}: this torch build has no torch.distributed")
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
     if device.type == "cuda":
         device = torch.device("cuda", local if device.index is None else device.index)

@@ -222,7 +222,8 @@ def update(model, forward, batch, spec, us: UpdateSettings, step: int, optimize,
     flops = 0.0
     if us.recompute_old_logp == "always":  # one no-grad forward before the first update
         model.eval()
-        flops += perf.training_flops(n_params, 0, no_grad_logp(model, forward, batch, torch.arange(N), micro, old.values, dist))
+        tokens = no_grad_logp(model, forward, batch, torch.arange(N), micro, old.values, dist)
+        flops += perf.training_flops(n_params, 0, tokens)
     model.train()
     red = Reducer()
     gen = torch.Generator().manual_seed(seeding.derive_seed(us.seed, "shuffle", step))
