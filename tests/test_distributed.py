@@ -314,3 +314,21 @@ def test_hung_rank_fails_the_run_within_the_timeout_via_gmpo_train_nproc(tmp_pat
     assert "rank 0/2: collective" in err and "hung longer than train.dist_timeout=5 s" in err, err[-3000:]
     assert 5 <= elapsed < 5 + 40, elapsed
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1]
+
+
+def test_communication_errors_outside_dist_become_rank_failures():
+    """FSDP2's own collectives and DCP raise torch.distributed.DistError subclasses, not RankFailure: `gmpo
+    train` maps them to the same clear error (and exit 1); anything else is not a rank failure."""
+    import torch.distributed as td
+
+    from gmpo.train.dist import RankFailure, rank_failure
+
+    e = rank_failure(td.DistBackendError("[gloo] Connection closed by peer [127.0.0.1]:29500\nmore"), 0, 2)
+    assert isinstance(e, RankFailure)
+    assert str(e).startswith("rank 0/2: a collective inside the model or checkpoint failed")
+    assert "DistBackendError: [gloo] Connection closed by peer" in str(e) and "more" not in str(e)
+    assert isinstance(rank_failure(td.DistNetworkError("reset"), 1, 2), RankFailure)
+    own = RankFailure("rank 1/2: collective 'x' failed")
+    assert rank_failure(own) is own
+    assert rank_failure(RuntimeError("CUDA out of memory")) is None
+    assert rank_failure(ValueError("bad config")) is None

@@ -87,11 +87,14 @@ def run(args: argparse.Namespace) -> int:
             return 2
         return launch(args.nproc, list(args.items) + (["--dry-run"] if args.dry_run else []))
     from gmpo.train import GMPOTrainer
-    from gmpo.train.dist import RankFailure, teardown
+    from gmpo.train.dist import rank_failure, teardown
 
     try:
         return _train(GMPOTrainer, cfg, args)
-    except RankFailure as e:
+    except Exception as exc:  # noqa: BLE001 - only communication failures are handled here
+        e = rank_failure(exc)
+        if e is None:
+            raise
         print(f"gmpo train: error: {e}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         # the process group is broken: destroying it can abort inside gloo (SIGABRT) and hide this exit code

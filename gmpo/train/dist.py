@@ -45,6 +45,25 @@ class RankFailure(RuntimeError):
     """A collective failed: another rank died, hung past ``train.dist_timeout``, or the network broke."""
 
 
+def rank_failure(exc: BaseException, rank: int | None = None, world: int | None = None) -> RankFailure | None:
+    """A :class:`RankFailure` for a communication error raised outside :class:`Dist`'s own collectives (FSDP2's
+    all-gathers and reduce-scatters inside forward/backward, torch.distributed.checkpoint), else None.
+
+    torch raises ``torch.distributed.DistError`` subclasses (DistBackendError, DistNetworkError,
+    DistStoreError) when a peer died, hung past the process-group timeout, or the connection broke."""
+    if isinstance(exc, RankFailure):
+        return exc
+    kinds = tuple(getattr(td, n) for n in ("DistError",) if hasattr(td, n))
+    if not kinds or not isinstance(exc, kinds):
+        return None
+    rank = td.get_rank() if rank is None and td.is_initialized() else rank
+    world = td.get_world_size() if world is None and td.is_initialized() else world
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    where = f"rank {rank}/{world}" if rank is not None else "this rank"
+    return RankFailure(f"{where}: a collective inside the model or checkpoint failed: another rank died, hung longer "
+                       f"than train.dist_timeout, or the connection broke ({type(exc).__name__}: {first})")
+
+
 def env_world_size() -> int:
     """WORLD_SIZE from the environment (torchrun sets it; 1 when absent)."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -261,4 +280,4 @@ def teardown() -> None:
         td.destroy_process_group()
 
 
-__all__ = ["Dist", "RankFailure", "backend_for", "env_world_size", "setup", "teardown"]
+__all__ = ["Dist", "RankFailure", "backend_for", "env_world_size", "rank_failure", "setup", "teardown"]
