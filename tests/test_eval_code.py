@@ -111,6 +111,32 @@ def test_pass_at_k_and_records(tmp_path, tok, pool):
     assert lines[1]["outcomes"] == ["wrong_answer"] * 3 + ["passed"] and lines[1]["correct"] == [False] * 3 + [True]
 
 
+def test_resume_skips_recorded_problems_and_refuses_other_settings(tmp_path, tok, pool):
+    """An interrupted run (problem 0 recorded, then a line cut mid-write) resumes: only problem 1 is generated,
+    the report still covers both; records made with other settings are an error, not silently mixed."""
+    path = tmp_path / "he.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in HE_ROWS))
+    good0 = "```python\ndef total(xs: List[int]) -> int:\n    return sum(xs)\n```"
+    bad1 = "```python\ndef shout(s):\n    return s\n```"
+    records = tmp_path / "rec.jsonl"
+    first = run_code_eval(None, tok, ["humaneval"], humaneval_file=str(path), limit=1, engine=ScriptedEngine([[good0]]),
+                          pool=pool, records_path=records)
+    assert first["benchmarks"]["humaneval"]["n"] == 1
+    with open(records, "a") as f:
+        f.write('{"benchmark": "humaneval", "task_id": "HumanEval/1", "sett')  # killed mid-line
+    engine = ScriptedEngine([[bad1]])  # would fail if asked for more than one problem
+    rep = run_code_eval(None, tok, ["humaneval"], humaneval_file=str(path), engine=engine, pool=pool,
+                        records_path=records)
+    assert engine.calls == 1 and rep["timing"]["resumed_problems"] == 1
+    assert rep["benchmarks"]["humaneval"]["n"] == 2 and rep["benchmarks"]["humaneval"]["pass@1"] == 0.5
+    assert rep["outcomes"]["humaneval"] == {"passed": 1, "wrong_answer": 1}
+    lines = [json.loads(x) for x in records.read_text().splitlines() if x.startswith("{") and x.endswith("}")]
+    assert [r["task_id"] for r in lines] == ["HumanEval/0", "HumanEval/1"]
+    with pytest.raises(ValueError, match="other settings"):
+        run_code_eval(None, tok, ["humaneval"], humaneval_file=str(path), max_new_tokens=7,
+                      engine=ScriptedEngine([[good0], [bad1]]), pool=pool, records_path=records)
+
+
 def test_tiny_model_end_to_end(shared_data, tok, model, pool, one_thread, tmp_path):
     rep = run_code_eval(model, tok, ["mbpp"], data_dir=shared_data, limit=2, max_new_tokens=4, pool=pool,
                         records_path=tmp_path / "r.jsonl", batch_size=2)

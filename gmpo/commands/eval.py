@@ -2,8 +2,9 @@
 and unbiased pass@k when sampling K completions per problem.
 
 Prints a markdown table, writes the report to --out (JSON) and the per-problem records (prompt,
-completions, extracted answers, gold, verdicts) to <out>.problems.jsonl beside it. Rerunning with the
-same --out and settings resumes: problems already in the jsonl are not generated again.
+completions, extracted answers, gold, verdicts) to <out>.problems.jsonl beside it (code benchmarks:
+<out>.code_problems.jsonl). Rerunning with the same --out and settings resumes: problems already in the
+jsonl are not generated again (--no-resume starts afresh).
 
 examples:
   gmpo eval --model smollm2-135m-instruct --benchmarks gsm8k,math500 --data-dir ../shared/data --limit 100

@@ -73,6 +73,8 @@ def eval_code(args, names: list[str], model, tokenizer, engine, bf16: bool) -> d
     from gmpo.eval.code_eval import run_code_eval
 
     records = code_records_path(args.out)
+    if getattr(args, "no_resume", False) and records.exists():
+        records.unlink()
     with _pool(args) as pool:
         print(f"sandbox: {pool.isolation.describe()}; code records -> {records}", file=sys.stderr)
         report = run_code_eval(model, tokenizer, names, data_dir=args.data_dir, limit=args.limit,
@@ -88,7 +90,7 @@ def eval_code(args, names: list[str], model, tokenizer, engine, bf16: bool) -> d
         print(f"  {name} outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
     t = report["timing"]
     print(f"{t['generated_tokens']} tokens in {t['generate_s']:.1f} s; sandbox {t['sandbox_s']:.1f} s; "
-          f"wall {t['wall_s']:.1f} s")
+          f"wall {t['wall_s']:.1f} s; {t['resumed_problems']} problems resumed")
     return report
 
 

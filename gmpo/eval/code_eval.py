@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gmpo.eval.code import CODE_BENCHMARKS, CodeProblem, load_code_benchmark
 from gmpo.eval.metrics import average, primary_metric, summarize
+from gmpo.eval.runner import open_append
 from gmpo.rewards.code import CodeOutcome, extract_code, run_tests
 
 
@@ -27,6 +28,26 @@ def _limits(timeout: float):
     from gmpo.sandbox import Limits
 
     return Limits(timeout=timeout)
+
+
+def read_code_records(path: Path, settings: dict) -> dict[tuple[str, str], dict]:
+    """Records already in ``path`` keyed by (benchmark, task id); an error if written with other settings."""
+    done: dict[tuple[str, str], dict] = {}
+    if not path.is_file():
+        return done
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption: that problem is redone
+                continue
+            if rec.get("settings") != settings:
+                raise ValueError(f"{path}:{lineno} was written with other settings {rec.get('settings')} (now "
+                                 f"{settings}); delete it, pass --no-resume, or choose another --out to start afresh")
+            done[(rec["benchmark"], str(rec["task_id"]))] = rec
+    return done
 
 
 def grade_completions(problems: list[CodeProblem], completions: list[list[str]], pool, timeout: float = 10.0,
@@ -83,7 +104,9 @@ def run_code_eval(model, tokenizer, names: list[str], *, data_dir: str | Path = 
                   isolation: str = "auto", workers: int | None = None, progress: bool = False) -> dict:
     """Evaluate ``model`` on code benchmarks; the report has ``benchmarks`` ({name: {"n", "pass@1" or
     "mean@K" and "pass@k"}}), ``outcomes`` (counts per benchmark), ``average``, ``settings``, ``timing``
-    and ``sandbox`` (the isolation used). Per-problem records go to ``records_path`` (jsonl, rewritten)."""
+    and ``sandbox`` (the isolation used). Per-problem records are appended to ``records_path`` (jsonl) after
+    each batch; problems already recorded there with the same settings are not generated again (resume: the
+    report covers them too; ``timing`` covers this call's problems only)."""
     from gmpo.data.prompts import PromptEncoder
     from gmpo.eval.runner import generate
     from gmpo.rollout import SamplingParams, make_engine
@@ -96,20 +119,29 @@ def run_code_eval(model, tokenizer, names: list[str], *, data_dir: str | Path = 
     pool = _pool(pool, isolation, workers)
     engine = engine or make_engine("engine", model, tokenizer, bf16=bf16)
     encoder = PromptEncoder(tokenizer, template, system_prompt)
-    out = None
-    if records_path:
-        Path(records_path).parent.mkdir(parents=True, exist_ok=True)
-        out = open(records_path, "w", encoding="utf-8")
-    t_start, gen_s, run_s, tokens = time.perf_counter(), 0.0, 0.0, 0
+    settings = {"template": template, "system_prompt": system_prompt, "max_new_tokens": max_new_tokens,
+                "samples": samples, "temperature": temperature, "top_p": top_p, "seed": seed, "timeout": timeout}
+    path = Path(records_path) if records_path else None
+    done = read_code_records(path, settings) if path else {}
+    out = open_append(path) if path else None
+    t_start, gen_s, run_s, tokens, resumed = time.perf_counter(), 0.0, 0.0, 0, 0
     per_bench, counts = {}, {}
     try:
         for name in names:
             probs = load_code_benchmark(name, data_dir, limit, humaneval_file)
             verdicts, tally = [], {}
-            for start in range(0, len(probs), batch_size):
-                batch = probs[start:start + batch_size]
+            for p in probs:  # resumed problems count as recorded
+                rec = done.get((name, str(p.task_id)))
+                if rec is not None:
+                    verdicts.append(list(rec["correct"]))
+                    for o in rec["outcomes"]:
+                        tally[o] = tally.get(o, 0) + 1
+            resumed += len(verdicts)
+            todo = [(i, p) for i, p in enumerate(probs) if (name, str(p.task_id)) not in done]
+            for start in range(0, len(todo), batch_size):
+                batch = [p for _, p in todo[start:start + batch_size]]
                 params = SamplingParams(n=samples, max_new_tokens=max_new_tokens, temperature=temperature,
-                                        top_p=top_p, seed=seed + start)
+                                        top_p=top_p, seed=seed + todo[start][0])
                 t0 = time.perf_counter()
                 texts, roll = generate(engine, encoder, [p.prompt for p in batch], params)  # gmpo eval's one path
                 gen_s += time.perf_counter() - t0
@@ -123,7 +155,7 @@ def run_code_eval(model, tokenizer, names: list[str], *, data_dir: str | Path = 
                     for x in o:
                         tally[x.outcome] = tally.get(x.outcome, 0) + 1
                     if out:
-                        out.write(json.dumps({"benchmark": name, "task_id": p.task_id, "prompt": text,
+                        out.write(json.dumps({"benchmark": name, "task_id": p.task_id, "settings": settings, "prompt": text,
                                               "completions": c, "outcomes": [x.outcome for x in o],
                                               "errors": [x.error for x in o], "correct": verdicts[-1]}) + "\n")
                 if out:
@@ -139,9 +171,8 @@ def run_code_eval(model, tokenizer, names: list[str], *, data_dir: str | Path = 
     metrics_only = {k: {m: v for m, v in d.items() if m != "n"} for k, d in per_bench.items()}
     return {"benchmarks": per_bench, "outcomes": counts, "average": average(metrics_only) if per_bench else {},
             "primary_metric": primary_metric(samples),
-            "settings": {"benchmarks": names, "limit": limit, "samples": samples, "temperature": temperature,
-                         "top_p": top_p, "max_new_tokens": max_new_tokens, "template": template, "seed": seed,
-                         "timeout": timeout},
+            "settings": {"benchmarks": names, "limit": limit, **settings},
             "timing": {"wall_s": time.perf_counter() - t_start, "generate_s": gen_s, "sandbox_s": run_s,
-                       "generated_tokens": tokens, "tokens_per_s": tokens / gen_s if gen_s else 0.0},
+                       "generated_tokens": tokens, "tokens_per_s": tokens / gen_s if gen_s else 0.0,
+                       "resumed_problems": resumed},
             "sandbox": pool.isolation.describe()}

@@ -78,7 +78,7 @@ def _read_records(path: Path, settings: EvalSettings) -> dict[tuple[str, int], d
     return done
 
 
-def _open_append(path: Path):
+def open_append(path: Path):
     """Open the records file for appending; a last line cut by an interruption is closed off first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     cut = False
@@ -164,7 +164,7 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
     todo = {name: [p for p in probs if (name, p.index) not in done] for name, probs in problems.items()}
     bar = _progress(sum(len(v) for v in problems.values()), progress)
     bar.update(sum(len(problems[n]) - len(todo[n]) for n in names))
-    out = _open_append(path) if path else None
+    out = open_append(path) if path else None
     try:
         for name in names:
             last_number = uses_last_number(name, fallback)
