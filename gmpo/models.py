@@ -79,14 +79,15 @@ def convert_gguf(alias: str = DEFAULT_ALIAS, cache_dir: str | os.PathLike | None
     return target
 
 
-def resolve_model_ref(spec: str) -> str:
-    """``registry:NAME@ALIAS`` / ``registry:NAME@VERSION`` / ``registry:NAME`` -> the registered version's
-    directory (the registry at ``$GMPO_REGISTRY`` or ``~/.cache/gmpo/registry.db``); anything else unchanged.
+def registry_version(spec: str):
+    """The registered :class:`~gmpo.runs.model_registry.ModelVersion` that ``registry:NAME@ALIAS`` /
+    ``registry:NAME@VERSION`` / ``registry:NAME`` names (the registry at ``$GMPO_REGISTRY`` or
+    ``~/.cache/gmpo/registry.db``); None for anything that is not a registry reference.
 
     The directory is checked cheaply (files present, sizes as registered); a damaged one is an error.
     """
     if not isinstance(spec, str) or not spec.startswith("registry:"):
-        return spec
+        return None
     from gmpo.runs.model_registry import ModelRegistry, RegistryError, default_path
 
     if not default_path().is_file():
@@ -99,7 +100,14 @@ def resolve_model_ref(spec: str) -> str:
         reg.close()
     if problems:
         raise RegistryError(f"{spec}: the registered files are damaged: {'; '.join(problems)}")
-    return mv.path
+    return mv
+
+
+def resolve_model_ref(spec: str) -> str:
+    """A registry reference (see :func:`registry_version`) -> the registered version's directory; anything
+    else unchanged."""
+    mv = registry_version(spec)
+    return spec if mv is None else mv.path
 
 
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:

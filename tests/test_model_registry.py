@@ -242,5 +242,13 @@ def test_registry_refs_in_train_and_eval(reg, tmp_path, monkeypatch, shared_data
                "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4", "rewards=[{name: arithmetic}]",
                "eval.at_start=false", "eval.at_end=false", "log.progress=false", "train.bf16=false"])
     assert rc == 0 and (run / "checkpoints" / "step_000001" / "meta.json").is_file()
-    assert main(["registry", "--registry", str(reg.path), "add", str(run), "--name", "tiny", "--parent", "1"]) == 0
-    assert reg.resolve("tiny@2").run_dir == str(run) and reg.resolve("tiny@2").config["train"]["steps"] == 1
+    origin = json.loads((run / "model_source.json").read_text())  # what the run started from, resolved once
+    assert origin == {"ref": "registry:tiny", "name": "tiny", "version": 1, "sha256": reg.get("tiny", 1).sha256,
+                      "path": reg.get("tiny", 1).path}
+    reg.add(save_tiny(tmp_path / "v2"), "tiny", alias="production")  # production moves on after the run started
+    assert main(["registry", "--registry", str(reg.path), "add", str(run), "--name", "tiny"]) == 0
+    mv = reg.resolve("tiny@3")
+    assert mv.parent == 1  # from the run directory, not from where production points now
+    assert mv.run_dir == str(run) and mv.config["train"]["steps"] == 1
+    assert main(["registry", "--registry", str(reg.path), "add", str(run), "--name", "other"]) == 0
+    assert reg.resolve("other@1").parent is None  # another model's lineage is not guessed

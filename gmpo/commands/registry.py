@@ -37,7 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("path", help="a model directory (save_pretrained output or a gmpo checkpoint step_NNNNNN), or a "
                                 "run directory: its newest complete checkpoint")
     a.add_argument("--name", required=True, help="model name (letters, digits, . _ -)")
-    a.add_argument("--parent", type=int, default=None, help="the version it was trained from")
+    a.add_argument("--parent", type=int, default=None,
+                   help="the version it was trained from (default: read from the run directory when the run started "
+                        "from a registry:NAME@... reference of this model)")
     a.add_argument("--run-dir", default=None, help="the training run directory (default: inferred from a checkpoint)")
     a.add_argument("--config", default=None, help="training config YAML to record (default: <run-dir>/config.yaml)")
     a.add_argument("--data", default=None, help="training data file(s), comma-separated: their sha256 is recorded")
@@ -91,10 +93,19 @@ def _add(reg, args) -> int:
     run_dir = args.run_dir
     if run_dir is None and src.parent.name == "checkpoints":
         run_dir = str(src.parent.parent)
+    parent = args.parent
+    if parent is None and run_dir:  # a run that started from this model's registered version: its parent
+        from gmpo.runs.files import read_model_source
+
+        origin = read_model_source(run_dir)
+        if origin and origin.get("name") == args.name:
+            parent = int(origin["version"])
+            print(f"parent: {args.name}@{parent} (the run started from {origin.get('ref')}, sha256 "
+                  f"{str(origin.get('sha256'))[:12]})")
     cfg_path = Path(args.config) if args.config else (Path(run_dir) / "config.yaml" if run_dir else None)
     config = yaml.safe_load(cfg_path.read_text()) if cfg_path and cfg_path.is_file() else None
     evals = json.loads(Path(args.eval_results).read_text()) if args.eval_results else None
-    mv = reg.add(src, args.name, parent=args.parent, run_dir=run_dir, config=config,
+    mv = reg.add(src, args.name, parent=parent, run_dir=run_dir, config=config,
                  data_fingerprint=_fingerprint(args.data) if args.data else None, eval_results=evals, alias=args.alias)
     if args.json:
         print(json.dumps(mv.to_dict(), indent=2))

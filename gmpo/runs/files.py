@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 METRICS, ALERTS, SAMPLES, CONFIG = "metrics.jsonl", "alerts.jsonl", "samples.jsonl", "config.yaml"
+MODEL_SOURCE = "model_source.json"  # the registered version a run started from (registry:NAME@ALIAS refs only)
 
 
 _COMPARE_NAME = re.compile(r"^(?P<algo>.+)-s(?P<seed>\d+)$")  # the '<algo>-s<seed>' directories of `gmpo compare`
@@ -32,6 +33,21 @@ def run_identity(run_dir: str | Path, config: dict | None) -> tuple[str | None, 
     if not isinstance(seed, int) or isinstance(seed, bool):
         seed = int(m.group("seed")) if m else None
     return algo, seed
+
+
+def write_model_source(run_dir: str | Path, source: dict) -> None:
+    """Record the registered version a run started from: ``{"ref", "name", "version", "sha256", "path"}``."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / MODEL_SOURCE).write_text(json.dumps(source, indent=2) + "\n")
+
+
+def read_model_source(run_dir: str | Path) -> dict | None:
+    """What :func:`write_model_source` recorded in `run_dir` (None when the run did not start from the registry)."""
+    p = Path(run_dir) / MODEL_SOURCE
+    if not p.is_file():
+        return None
+    rec = json.loads(p.read_text())
+    return rec if isinstance(rec, dict) else None
 
 
 def _parse(line: str) -> dict | None:

@@ -18,7 +18,10 @@ def resolve_bf16(setting: str, device: torch.device) -> bool:
 
 
 def policy_and_tokenizer(model, tokenizer, mc, device: torch.device):
-    """(model, tokenizer): objects as given, or loaded from a name/path (``model`` or ``mc.name_or_path``).
+    """(model, tokenizer, source): objects as given, or loaded from a name/path (``model`` or
+    ``mc.name_or_path``); ``source`` is the registered version a ``registry:NAME@ALIAS`` reference resolved
+    to (``{"ref", "name", "version", "sha256", "path"}``, resolved once, so the record is what was loaded),
+    else None.
 
     A model object needs its tokenizer; a name or path loads both (see :func:`gmpo.models.load_model`).
     """
@@ -26,11 +29,14 @@ def policy_and_tokenizer(model, tokenizer, mc, device: torch.device):
         if tokenizer is None:
             raise ValueError("a model object needs its tokenizer: pass tokenizer=..., or pass the model's "
                              "name or path to load both")
-        return model, tokenizer
+        return model, tokenizer, None
     name = model if isinstance(model, str) else mc.name_or_path
-    loaded, tok = models.load_model(name, dtype=mc.dtype, device=device, cache_dir=mc.cache_dir,
-                                    trust_remote_code=mc.trust_remote_code)
-    return loaded, tokenizer if tokenizer is not None else tok
+    mv = models.registry_version(name)
+    source = None if mv is None else {"ref": name, "name": mv.name, "version": mv.version, "sha256": mv.sha256,
+                                      "path": mv.path}
+    loaded, tok = models.load_model(name if mv is None else mv.path, dtype=mc.dtype, device=device,
+                                    cache_dir=mc.cache_dir, trust_remote_code=mc.trust_remote_code)
+    return loaded, tokenizer if tokenizer is not None else tok, source
 
 
 def prepare_model(model, mc, needs_reference: bool):

@@ -34,6 +34,7 @@ from gmpo import models, seeding
 from gmpo.config import Config, save_config, to_dict
 from gmpo.data.errors import DataError
 from gmpo.runs import checkpoint
+from gmpo.runs.files import read_model_source, write_model_source
 from gmpo.telemetry.collector import Reducer
 from gmpo.train import build
 from gmpo.train.hooks import HookList, Restore
@@ -175,7 +176,7 @@ class SFTTrainer:
         seeding.seed_everything(tc.seed)
         self.run_dir, self.device = Path(tc.output_dir), models.resolve_device(tc.device)
         self.bf16 = build.resolve_bf16(tc.bf16, self.device)
-        model, self.tokenizer = build.policy_and_tokenizer(model, tokenizer, cfg.model, self.device)
+        model, self.tokenizer, self.model_source = build.policy_and_tokenizer(model, tokenizer, cfg.model, self.device)
         self.model, _ = build.prepare_model(model.to(self.device), cfg.model, needs_reference=False)
         self.lora, self.is_main = cfg.model.lora.enabled, True
         self.train_pairs, self.eval_pairs = load_pairs(cfg, self.tokenizer)
@@ -270,6 +271,8 @@ class SFTTrainer:
         self._started, self._t0 = True, time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
+        if self.model_source and read_model_source(self.run_dir) is None:  # a resumed run keeps its origin
+            write_model_source(self.run_dir, self.model_source)
         self.sinks = make_sinks(self.cfg.log, self.run_dir, self.cfg.train.steps, self.global_step, to_dict(self.cfg))
         self.model.train()
         self.hooks.on_train_start(self)

@@ -40,6 +40,7 @@ from gmpo import models, perf, seeding
 from gmpo.algo import presets
 from gmpo.config import Config, save_config, to_dict
 from gmpo.runs import checkpoint
+from gmpo.runs.files import read_model_source, write_model_source
 from gmpo.telemetry.collector import StepMetrics, measure_peak_flops
 from gmpo.train import build, dist as distributed, fsdp
 from gmpo.train.collect import Collector, rollout_metrics, sample_records
@@ -79,7 +80,7 @@ class GMPOTrainer:
             self.device = self.dist.device
         self.bf16 = build.resolve_bf16(tc.bf16, self.device)
         self.spec = presets.resolve(cfg.algorithm, cfg.rollout.max_new_tokens, cfg.rollout.dynamic_sampling)
-        model, self.tokenizer = build.policy_and_tokenizer(model, tokenizer, cfg.model, self.device)
+        model, self.tokenizer, self.model_source = build.policy_and_tokenizer(model, tokenizer, cfg.model, self.device)
         model, ref = build.prepare_model(model.to(self.device), cfg.model, self.spec.needs_reference)
         self.model, self.ref_model, self.replica = fsdp.wrap(tc.parallel, model, ref, self.dist, self.bf16)
         self.rollout_model = self.replica.module if self.replica is not None else self.model  # what decodes
@@ -215,6 +216,8 @@ class GMPOTrainer:
         main = self.is_main  # only rank 0 writes config, metrics, samples
         if main:
             save_config(cfg, self.run_dir / "config.yaml")
+            if self.model_source and read_model_source(self.run_dir) is None:  # a resumed run keeps its origin
+                write_model_source(self.run_dir, self.model_source)
         self.sinks = make_sinks(cfg.log, self.run_dir, cfg.train.steps, self.global_step, to_dict(cfg)) if main else Sinks([])
         self.samples = SamplesWriter(self.run_dir / "samples.jsonl", cfg.log.samples_per_step if main else 0,
                                      self.global_step)
