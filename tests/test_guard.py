@@ -373,6 +373,7 @@ def test_webhook_receives_event_and_is_rate_limited(tmp_path, server):
     tr.train(5)  # a burst of 4 events
     assert tr.events == 4 and len(received) == 1
     assert received[0]["detector"] == "nonfinite" and received[0]["step"] == 2 and received[0]["action"] == "skip"
+    assert received[0]["source"] == "gmpo.guard"
     now[0] += 31.0
     g.emit(tr, 6, "manual", 1.0, 0.0, "warn", "test")
     assert len(received) == 2 and received[1]["suppressed"] == 3

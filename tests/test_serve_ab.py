@@ -155,6 +155,7 @@ def test_circuit_breaker_moves_traffic_to_control_and_alerts(serve, tmp_path, ca
             break
         threading.Event().wait(0.02)
     assert _Hook.received and _Hook.received[0]["detector"] == "quality_breaker"
+    assert _Hook.received[0]["source"] == "gmpo.serve"  # not the training guard
     hook.shutdown()
     # after the cooldown the arm gets traffic again (half-open) and the close is logged
     server.service.monitor.cfg.breaker_cooldown_s = 0.0

@@ -51,8 +51,10 @@ class Webhook:
     Failures are logged and swallowed: an alerting endpoint that is down never stops training.
     """
 
-    def __init__(self, url: str, timeout: float = 3.0, min_interval: float = 30.0, clock=time.monotonic):
+    def __init__(self, url: str, timeout: float = 3.0, min_interval: float = 30.0, clock=time.monotonic,
+                 source: str = "gmpo.guard"):
         self.url, self.timeout, self.min_interval, self.clock = url, timeout, min_interval, clock
+        self.source = source  # the "source" field of every post: who raised the event (gmpo.guard, gmpo.serve)
         self.last: float | None = None
         self.suppressed = 0
         self.sent = 0
@@ -65,7 +67,7 @@ class Webhook:
             self.suppressed += 1
             return False
         self.last = now
-        body = json.dumps({**event, "suppressed": self.suppressed, "source": "gmpo.guard"}).encode()
+        body = json.dumps({**event, "suppressed": self.suppressed, "source": self.source}).encode()
         req = urllib.request.Request(self.url, data=body, method="POST", headers={"Content-Type": "application/json"})
         err: Exception | None = None
         for _ in range(2):  # one try and at most one retry

@@ -102,7 +102,7 @@ class AlertSinks:
         if webhook_url:
             from gmpo.guard import Webhook
 
-            self.webhook = Webhook(webhook_url, min_interval=webhook_min_interval)
+            self.webhook = Webhook(webhook_url, min_interval=webhook_min_interval, source="gmpo.serve")
         self._lock = threading.Lock()
 
     def emit(self, step: int, detector: str, value: float, threshold: float, action: str, message: str,
