@@ -121,7 +121,7 @@ def test_resume_after_interruption(tok, gsm8k, shared_data, tmp_path):
     eng3 = make_engine(tok, gsm8k, even_right(gsm8k))
     assert run_eval(None, tok, "gsm8k", engine=eng3, **kw)["benchmarks"]["gsm8k"]["pass@1"] == 0.5
     assert eng3.calls == []
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(ValueError, match="other settings"):
         run_eval(None, tok, "gsm8k", engine=eng3, **{**kw, "max_new_tokens": 32})
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gmpo.eval.code import CODE_BENCHMARKS, CodeProblem, load_code_benchmark
 from gmpo.eval.metrics import average, primary_metric, summarize
-from gmpo.eval.runner import open_append
+from gmpo.eval.runner import open_append, read_records
 from gmpo.rewards.code import CodeOutcome, extract_code, run_tests
 
 
@@ -28,26 +28,6 @@ def _limits(timeout: float):
     from gmpo.sandbox import Limits
 
     return Limits(timeout=timeout)
-
-
-def read_code_records(path: Path, settings: dict) -> dict[tuple[str, str], dict]:
-    """Records already in ``path`` keyed by (benchmark, task id); an error if written with other settings."""
-    done: dict[tuple[str, str], dict] = {}
-    if not path.is_file():
-        return done
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by an interruption: that problem is redone
-                continue
-            if rec.get("settings") != settings:
-                raise ValueError(f"{path}:{lineno} was written with other settings {rec.get('settings')} (now "
-                                 f"{settings}); delete it, pass --no-resume, or choose another --out to start afresh")
-            done[(rec["benchmark"], str(rec["task_id"]))] = rec
-    return done
 
 
 def grade_completions(problems: list[CodeProblem], completions: list[list[str]], pool, timeout: float = 10.0,
@@ -122,7 +102,7 @@ def run_code_eval(model, tokenizer, names: list[str], *, data_dir: str | Path = 
     settings = {"template": template, "system_prompt": system_prompt, "max_new_tokens": max_new_tokens,
                 "samples": samples, "temperature": temperature, "top_p": top_p, "seed": seed, "timeout": timeout}
     path = Path(records_path) if records_path else None
-    done = read_code_records(path, settings) if path else {}
+    done = read_records(path, settings, lambda r: (r["benchmark"], str(r["task_id"]))) if path else {}
     out = open_append(path) if path else None
     t_start, gen_s, run_s, tokens, resumed = time.perf_counter(), 0.0, 0.0, 0, 0
     per_bench, counts = {}, {}

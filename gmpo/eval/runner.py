@@ -56,25 +56,26 @@ class EvalSettings:
                              "completions; set a temperature > 0 (e.g. 0.6 or 1.0) to sample")
 
 
-def _read_records(path: Path, settings: EvalSettings) -> dict[tuple[str, int], dict]:
-    """Records already saved in ``path`` keyed by (benchmark, index); error if made with other settings."""
-    done: dict[tuple[str, int], dict] = {}
+def read_records(path: Path, settings: dict, key) -> dict:
+    """Per-problem records already saved in ``path`` (jsonl), keyed by ``key(record)``; a ValueError if one was
+    written with other ``settings`` (its ``"settings"`` field); a line cut by an interruption is skipped (that
+    problem is redone)."""
+    done: dict = {}
     if not path.is_file():
         return done
-    want = asdict(settings)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by an interruption: that problem is redone
+            except json.JSONDecodeError:
                 continue
-            if rec.get("settings") != want:
+            if rec.get("settings") != settings:
                 raise ValueError(
-                    f"{path}:{lineno} was written with different settings {rec.get('settings')} (now {want}); "
-                    "delete it or choose another output path to start afresh")
-            done[(rec["benchmark"], rec["index"])] = rec
+                    f"{path}:{lineno} was written with other settings {rec.get('settings')} (now {settings}); "
+                    "delete it, pass --no-resume, or choose another output path to start afresh")
+            done[key(rec)] = rec
     return done
 
 
@@ -152,7 +153,7 @@ def run_eval(model, tokenizer, benchmarks: str | list[str], *, data_dir: str | P
     names = resolve_names(benchmarks)
     problems = {name: load_benchmark(name, data_dir, limit) for name in names}
     path = Path(records_path) if records_path else None
-    done = _read_records(path, settings) if path else {}
+    done = read_records(path, asdict(settings), lambda r: (r["benchmark"], r["index"])) if path else {}
     if engine is None:
         engine = make_engine("engine", model, tokenizer, bf16=bf16)
     stop = _TEMPLATE_STOPS.get(template, [])

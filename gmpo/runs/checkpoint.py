@@ -236,6 +236,19 @@ def find_checkpoint(resume: str, run_dir: Path) -> Path | None:
     raise FileNotFoundError(f"train.resume={resume!r}: no complete checkpoint there (expected {META_FILE})")
 
 
+def _read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the ``*.safetensors`` files of a checkpoint directory, by saved name."""
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{directory}: no *.safetensors weights")
+    sd: dict[str, torch.Tensor] = {}
+    for f in files:
+        sd.update(load_file(f))
+    return sd
+
+
 def _load_weights(model, directory: Path, lora: bool) -> None:
     from safetensors.torch import load_file
 
@@ -244,12 +257,7 @@ def _load_weights(model, directory: Path, lora: bool) -> None:
 
         set_peft_model_state_dict(model, load_file(directory / "adapter_model.safetensors"))
         return
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{directory}: no *.safetensors weights")
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        sd.update(load_file(f))
+    sd = _read_safetensors(directory)
     own = model.state_dict()
     seen: dict[int, str] = {}
     tied = set()
@@ -269,14 +277,7 @@ def _load_weights(model, directory: Path, lora: bool) -> None:
 
 def _full_weights(model, directory: Path) -> dict[str, torch.Tensor]:
     """A plain checkpoint's full weights by parameter name (via from_pretrained when names were converted)."""
-    from safetensors.torch import load_file
-
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{directory}: no *.safetensors weights")
-    sd: dict[str, torch.Tensor] = {}
-    for f in files:
-        sd.update(load_file(f))
+    sd = _read_safetensors(directory)
     names = {n for n, _ in model.named_parameters(remove_duplicate=False)} | {n for n, _ in model.named_buffers()}
     if set(sd) <= names:
         return sd
