@@ -219,6 +219,14 @@ def test_checkpoint_resumes_across_parallel_modes(two_ranks, tiny_model_dir, tmp
     assert final.name == "step_000003" and (final / "dcp").is_dir() == (scenario == "ddp_to_fsdp")
 
 
+def test_fsdp2_no_grad_forwards_with_uneven_counts(two_ranks):
+    """Old-log-prob recomputation / reference pass under FSDP2 when one rank has no rows: no hang (the count is
+    agreed before any forward), and the other rank's log-probs equal the unsharded model's."""
+    r0, r1 = (json.loads((two_ranks / "uneven_no_grad" / f"report_r{r}.json").read_text()) for r in (0, 1))
+    assert r0 == {"tokens": 0, "max_diff": 0.0, "nonzero": 0}
+    assert r1["tokens"] > 0 and r1["nonzero"] > 0 and r1["max_diff"] < 1e-5
+
+
 def test_one_process_fsdp2_equals_two_fsdp2_ranks(two_ranks, tiny_model_dir, tmp_path):
     """One process with train.parallel=fsdp2 (a process group of one rank, the 1-GPU path) on the union of
     the 2 fsdp2 ranks' batches reaches their weights; it also writes a one-shard DCP checkpoint."""

@@ -207,12 +207,34 @@ def run_cross_resume(out: Path, tiny: Path, rank: int, source: str, parallel: st
     (out / f"report_r{rank}.json").write_text(json.dumps({"resumed_at": resumed_at, "steps": t.global_step}))
 
 
+def run_uneven_no_grad(out: Path, tiny: Path, rank: int) -> None:
+    """FSDP2 no-grad log-prob forwards (old-log-prob recomputation, reference pass) with uneven counts: rank 0
+    has no rows, rank 1 three micro-batches. Rank 0 must pad in lockstep, and the count must be agreed before
+    any forward (else rank 0's all-reduce meets rank 1's in-forward all-gather: a hang, here a RankFailure
+    after train.dist_timeout). Rank 1's log-probs must equal the unsharded replica's."""
+    import torch
+
+    from gmpo.train.update import no_grad_logp
+
+    t = _trainer(config_dict(tiny, out / "run", {"loss": "gmpo"}, {"parallel": "fsdp2", "dist_timeout": 30}))
+    t.start()
+    batch, _, _ = t.collect(1)
+    rows = torch.arange(0) if rank == 0 else torch.arange(3)
+    got, want = torch.zeros(batch.mask.shape), torch.zeros(batch.mask.shape)  # (N, T) each
+    tokens = no_grad_logp(t.model, t.forward, batch, rows, 1, got, t.dist)
+    no_grad_logp(t.replica.module, t.forward, batch, rows, 1, want, None)  # full weights, no collectives
+    t.close(finish=False)
+    (out / f"report_r{rank}.json").write_text(json.dumps({"tokens": tokens, "max_diff": float((got - want).abs().max()),
+                                                           "nonzero": int((got != 0).sum())}))
+
+
 SCENARIOS = {  # scenario -> function(out, tiny, rank), run in this order after CASES
     "guard": run_guard,
     "resume": run_resume,
     "resume_fsdp": run_resume_fsdp,
     "fsdp_to_ddp": lambda out, tiny, rank: run_cross_resume(out, tiny, rank, "resume_fsdp", "ddp"),
     "ddp_to_fsdp": lambda out, tiny, rank: run_cross_resume(out, tiny, rank, "resume", "fsdp2"),
+    "uneven_no_grad": run_uneven_no_grad,
 }
 
 

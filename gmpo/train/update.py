@@ -42,12 +42,15 @@ def no_grad_logp(model, forward: PolicyForward, batch, rows: torch.Tensor, micro
     """
     tokens = 0
     chunks = split_rows(rows, micro_batch_size)
+    # agree on the count BEFORE any forward: a rank with fewer chunks would otherwise meet the others' in-forward
+    # all-gathers with this all-reduce (mismatched collectives: a hang)
+    pads = dist.lockstep(len(chunks), "no-grad micro-batch count") - len(chunks) if dist is not None else 0
     for chunk in chunks:
         mb = micro_batch(batch, chunk)
         logp, _ = forward(model, mb)
         out[mb.rows, : mb.Tc] = logp
         tokens += mb.n_tokens
-    for _ in range((dist.lockstep(len(chunks), "no-grad micro-batch count") if dist is not None else 0) - len(chunks)):
+    for _ in range(pads):
         forward(model, micro_batch(batch, PAD_ROWS))  # padding: output unused
     return tokens
 
