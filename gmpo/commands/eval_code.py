@@ -73,7 +73,7 @@ def eval_code(args, names: list[str], model, tokenizer, engine, bf16: bool) -> d
     from gmpo.eval.code_eval import run_code_eval
 
     records = code_records_path(args.out)
-    if getattr(args, "no_resume", False) and records.exists():
+    if args.no_resume and records.exists():
         records.unlink()
     with _pool(args) as pool:
         print(f"sandbox: {pool.isolation.describe()}; code records -> {records}", file=sys.stderr)

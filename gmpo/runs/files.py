@@ -41,6 +41,13 @@ def write_model_source(run_dir: str | Path, source: dict) -> None:
     (Path(run_dir) / MODEL_SOURCE).write_text(json.dumps(source, indent=2) + "\n")
 
 
+def record_model_source(run_dir: str | Path, source: dict | None) -> None:
+    """:func:`write_model_source` unless `source` is None or the run already recorded one (a resumed run keeps
+    the version it first started from, wherever the alias points now)."""
+    if source and read_model_source(run_dir) is None:
+        write_model_source(run_dir, source)
+
+
 def read_model_source(run_dir: str | Path) -> dict | None:
     """What :func:`write_model_source` recorded in `run_dir` (None when the run did not start from the registry)."""
     p = Path(run_dir) / MODEL_SOURCE

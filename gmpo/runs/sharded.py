@@ -40,8 +40,8 @@ def save_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directo
 def load_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
     """Load a sharded checkpoint's model and optimizer into `model` / `optimizer`, sharded or not.
 
-    The optimizer's state is created first when empty (a zero-learning-rate step with zero gradients, so
-    the weights do not move) and then overwritten with the checkpoint's.
+    ``get_state_dict`` creates an empty optimizer's state first (torch does a zero-learning-rate step with
+    zero gradients, so the weights do not move); DCP then overwrites it with the checkpoint's.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

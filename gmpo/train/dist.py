@@ -18,7 +18,7 @@ same global batch (DESIGN.md section 3, "must not depend on how the batch is cut
 
 Under ``train.parallel=fsdp2`` (``Dist.sharded``, see :mod:`gmpo.train.fsdp`) the weights are sharded and FSDP2
 reduce-scatters the gradients (summed, not averaged) inside each backward: :meth:`Dist.sync_gradients` then
-only reduces the loss and ratio extremes, and :meth:`Dist.lockstep` makes every rank run the same number of
+only reduces the loss and ratio extremes, and :meth:`Dist.padding` makes every rank run the same number of
 forwards. One process with fsdp2 joins a process group of one rank so the same code runs.
 
 Collectives run under the process-group timeout (``train.dist_timeout``): a rank that died or hangs makes
@@ -53,8 +53,7 @@ def rank_failure(exc: BaseException, rank: int | None = None, world: int | None 
     DistStoreError) when a peer died, hung past the process-group timeout, or the connection broke."""
     if isinstance(exc, RankFailure):
         return exc
-    kinds = tuple(getattr(td, n) for n in ("DistError",) if hasattr(td, n))
-    if not kinds or not isinstance(exc, kinds):
+    if not isinstance(exc, td.DistError):
         return None
     rank = td.get_rank() if rank is None and td.is_initialized() else rank
     world = td.get_world_size() if world is None and td.is_initialized() else world
@@ -164,12 +163,13 @@ class Dist:
         """This rank's sampling seed, derived from the step's seed (the union is reproducible per world size)."""
         return seeding.derive_seed(seed, "rank", self.rank, "of", self.world)
 
-    def lockstep(self, n: int, what: str = "micro-batch count") -> int:
-        """How many forwards every rank runs where this rank needs `n`: the max over ranks when sharded (FSDP2
-        issues collectives inside every forward and backward; the short ranks pad), else `n` (no collective)."""
+    def padding(self, n: int, what: str = "micro-batch count") -> int:
+        """How many padding forwards this rank adds to its `n` so every rank runs as many as the busiest one:
+        the max over ranks minus `n` when sharded (FSDP2 issues collectives inside every forward and
+        backward), else 0 (no collective). Call it BEFORE this rank's own forwards: it is a collective too."""
         if not self.sharded:
-            return n
-        return int(self.all_reduce(torch.tensor([float(n)], device=self.device), "max", what).item())
+            return 0
+        return int(self.all_reduce(torch.tensor([float(n)], device=self.device), "max", what).item()) - n
 
     def row_layout(self, n_local: int) -> tuple[int, int]:
         """(offset of this rank's first row in the global batch, global row count): ranks in rank order."""

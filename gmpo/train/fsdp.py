@@ -16,7 +16,7 @@ What changes against ``ddp`` (replicated weights, one gradient all-reduce per op
   memory stays sharded; the communication is one reduce-scatter per block per micro-batch).
 - **Lockstep.** Every forward all-gathers each block's parameters and every backward reduce-scatters
   them: collectives. So every rank must run the same number of forwards and backwards per mini-batch,
-  old-log-prob recomputation and reference pass (``Dist.sharded``; :func:`gmpo.train.dist.Dist.lockstep`).
+  old-log-prob recomputation and reference pass (``Dist.sharded``; :meth:`gmpo.train.dist.Dist.padding`).
   A rank with fewer micro-batches (uneven rows, zero-advantage skipping) runs padding micro-batches whose
   loss is multiplied by 0: exact, and no rank waits forever. The shared-prompt layout (two model calls per
   micro-batch) is off under fsdp2 for the same reason.

@@ -34,7 +34,7 @@ from gmpo import models, seeding
 from gmpo.config import Config, save_config, to_dict
 from gmpo.data.errors import DataError
 from gmpo.runs import checkpoint
-from gmpo.runs.files import read_model_source, write_model_source
+from gmpo.runs.files import record_model_source
 from gmpo.telemetry.collector import Reducer
 from gmpo.train import build
 from gmpo.train.hooks import HookList, Restore
@@ -271,8 +271,7 @@ class SFTTrainer:
         self._started, self._t0 = True, time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
-        if self.model_source and read_model_source(self.run_dir) is None:  # a resumed run keeps its origin
-            write_model_source(self.run_dir, self.model_source)
+        record_model_source(self.run_dir, self.model_source)
         self.sinks = make_sinks(self.cfg.log, self.run_dir, self.cfg.train.steps, self.global_step, to_dict(self.cfg))
         self.model.train()
         self.hooks.on_train_start(self)

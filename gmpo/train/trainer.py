@@ -40,7 +40,7 @@ from gmpo import models, perf, seeding
 from gmpo.algo import presets
 from gmpo.config import Config, save_config, to_dict
 from gmpo.runs import checkpoint
-from gmpo.runs.files import read_model_source, write_model_source
+from gmpo.runs.files import record_model_source
 from gmpo.telemetry.collector import StepMetrics, measure_peak_flops
 from gmpo.train import build, dist as distributed, fsdp
 from gmpo.train.collect import Collector, rollout_metrics, sample_records
@@ -216,8 +216,7 @@ class GMPOTrainer:
         main = self.is_main  # only rank 0 writes config, metrics, samples
         if main:
             save_config(cfg, self.run_dir / "config.yaml")
-            if self.model_source and read_model_source(self.run_dir) is None:  # a resumed run keeps its origin
-                write_model_source(self.run_dir, self.model_source)
+            record_model_source(self.run_dir, self.model_source)
         self.sinks = make_sinks(cfg.log, self.run_dir, cfg.train.steps, self.global_step, to_dict(cfg)) if main else Sinks([])
         self.samples = SamplesWriter(self.run_dir / "samples.jsonl", cfg.log.samples_per_step if main else 0,
                                      self.global_step)

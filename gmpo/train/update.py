@@ -44,7 +44,7 @@ def no_grad_logp(model, forward: PolicyForward, batch, rows: torch.Tensor, micro
     chunks = split_rows(rows, micro_batch_size)
     # agree on the count BEFORE any forward: a rank with fewer chunks would otherwise meet the others' in-forward
     # all-gathers with this all-reduce (mismatched collectives: a hang)
-    pads = dist.lockstep(len(chunks), "no-grad micro-batch count") - len(chunks) if dist is not None else 0
+    pads = dist.padding(len(chunks), "no-grad micro-batch count") if dist is not None else 0
     for chunk in chunks:
         mb = micro_batch(batch, chunk)
         logp, _ = forward(model, mb)
@@ -149,7 +149,7 @@ def accumulate_minibatch(model, forward: PolicyForward, batch, rows: torch.Tenso
     rmax = torch.full((), float("-inf"), device=full_mask.device)
     run = rows if inert is None else rows[~inert[rows]]  # (m',) rows that can move the gradient
     chunks = split_rows(run, micro_batch_size)
-    pads = dist.lockstep(len(chunks)) - len(chunks) if dist is not None else 0  # > 0 only under FSDP2
+    pads = dist.padding(len(chunks)) if dist is not None else 0  # > 0 only under FSDP2
     for chunk in chunks:
         mb = micro_batch(batch, chunk)
         logp, ent = forward(model, mb, entropy=want_entropy)  # (b, Tc)
