@@ -170,3 +170,17 @@ def test_cli_check_grader_and_help(shared_data, tmp_path, capsys):
     helptext = capsys.readouterr().out
     assert "--humaneval-file" in helptext and "--sandbox" in helptext and set(CODE_BENCHMARKS) <= set(
         w.strip(",.():") for w in helptext.split())
+
+
+def test_cli_rerun_with_other_settings_is_a_clear_error_and_keeps_the_records(shared_data, tiny_model_dir, tmp_path,
+                                                                               capsys, one_thread):
+    out = tmp_path / "ev.json"
+    args = ["eval", "--model", str(tiny_model_dir), "--benchmarks", "mbpp", "--data-dir", str(shared_data), "--limit", "1",
+            "--no-progress", "--device", "cpu", "--sandbox-workers", "1", "--out", str(out)]
+    assert main(args + ["--max-new-tokens", "4"]) == 0
+    records = tmp_path / "ev.code_problems.jsonl"
+    before = records.read_text()
+    assert main(args + ["--max-new-tokens", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "gmpo eval: error:" in err and "other settings" in err and "--no-resume" in err
+    assert "Traceback" not in err and records.read_text() == before  # nothing lost

@@ -114,7 +114,16 @@ def _check_grader(args) -> int:
 
 
 def run(args) -> int:
-    """Run `gmpo eval`."""
+    """Run `gmpo eval`; bad input (unknown benchmark, impossible settings, records written with other settings,
+    a missing file) is a one-line error and exit status 2, with nothing written."""
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"gmpo eval: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     from gmpo.commands.eval_code import check_code, eval_code, split_benchmarks, write_report
 
     code, math = split_benchmarks(args.benchmarks)
